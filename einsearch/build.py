@@ -1,0 +1,126 @@
+"""Arch -> torch.nn.Module.
+
+`Builder` has one method per node rule of the grammar, named like the rule; each receives the
+node and returns a `Mixer` of the builder's width.  Token-mixer families are imported where
+they are built, so building a small architecture does not import every primitive module.
+"""
+
+from __future__ import annotations
+
+from einsearch.arch import Arch
+from einsearch.grammar import parse
+from einsearch.primitives.attention import SoftmaxAttention
+from einsearch.primitives.base import BuildError, Mixer
+from einsearch.primitives.channel import MLP, Act, Linear, Norm
+from einsearch.primitives.combinators import Gate, Par, Repeat, Res, Seq
+from einsearch.primitives.local import Conv, Shift
+
+
+class Builder:
+    def __init__(self, d_model: int):
+        if d_model < 1:
+            raise BuildError(f"d_model must be a positive integer, got {d_model}")
+        self.d = d_model
+
+    def __call__(self, arch: Arch) -> Mixer:
+        method = getattr(self, arch.op, None)
+        if method is None:
+            raise BuildError(f"{arch.op}: no builder for this node")
+        return method(arch)
+
+    def _children(self, arch: Arch) -> list[Mixer]:
+        return [self(child) for child in arch.children]
+
+    # combinators
+    def seq(self, a: Arch) -> Mixer:
+        return Seq(self.d, self._children(a))
+
+    def res(self, a: Arch) -> Mixer:
+        return Res(self.d, self(a.children[0]))
+
+    def par(self, a: Arch) -> Mixer:
+        return Par(self.d, self._children(a), agg=a["agg"])
+
+    def gate(self, a: Arch) -> Mixer:
+        value, gate = self._children(a)
+        return Gate(self.d, value, gate, fn=a["fn"])
+
+    def repeat(self, a: Arch) -> Mixer:
+        return Repeat(self.d, self(a.children[0]), n=a["n"])
+
+    # channel and local
+    def mlp(self, a: Arch) -> Mixer:
+        return MLP(self.d, expand=a["expand"], act=a["act"])
+
+    def norm(self, a: Arch) -> Mixer:
+        return Norm(self.d, kind=a.variant)
+
+    def linear(self, a: Arch) -> Mixer:
+        return Linear(self.d)
+
+    def act(self, a: Arch) -> Mixer:
+        return Act(self.d, fn=a.variant)
+
+    def conv(self, a: Arch) -> Mixer:
+        return Conv(self.d, k=a["k"])
+
+    def shift(self, a: Arch) -> Mixer:
+        return Shift(self.d)
+
+    def wired(self, a: Arch) -> Mixer:
+        from einsearch.primitives.wired import Wired
+
+        def make_node() -> Mixer:
+            return self(a.children[0])
+
+        return Wired(self.d, make_node, graph=a["graph"], nodes=a["nodes"], k=a.get("k"), p=a.get("p"), seed=a["seed"])
+
+    # token mixers
+    def attn(self, a: Arch) -> Mixer:
+        if a.variant == "softmax":
+            return SoftmaxAttention(self.d, a["heads"], a["pos"], window=a.get("window"), chunk=a.get("chunk"))
+        if a.variant == "linear":
+            from einsearch.primitives.linear_attention import LinearAttention
+
+            return LinearAttention(self.d, a["heads"], phi=a["phi"])
+        from einsearch.primitives.sparse_attention import RoutingAttention, TopkBlockAttention
+
+        if a.variant == "routing":
+            return RoutingAttention(self.d, a["heads"], clusters=a["clusters"])
+        return TopkBlockAttention(self.d, a["heads"], block=a["block"], k=a["k"])
+
+    def scan(self, a: Arch) -> Mixer:
+        from einsearch.primitives.scan import DiagScan
+
+        return DiagScan(self.d, state=a["state"], selective=a["selective"])
+
+    def aaren(self, a: Arch) -> Mixer:
+        from einsearch.primitives.scan import Aaren
+
+        return Aaren(self.d, a["heads"])
+
+    def mem(self, a: Arch) -> Mixer:
+        if a.variant == "titans":
+            from einsearch.primitives.titans import Titans
+
+            return Titans(self.d, a["heads"], loss=a["loss"], retention=a["retention"], momentum=a["momentum"])
+        from einsearch.primitives.memory import GLA, DeltaNet
+
+        if a.variant == "gla":
+            return GLA(self.d, a["heads"])
+        return DeltaNet(self.d, a["heads"], gated=a["gated"])
+
+    def rnn(self, a: Arch) -> Mixer:
+        from einsearch.primitives.recurrent import RNN
+
+        return RNN(self.d, cell=a.variant, heads=a["heads"], wiring=a["wiring"], parallel=a["parallel"])
+
+    def rat(self, a: Arch) -> Mixer:
+        from einsearch.primitives.rat import RAT
+
+        return RAT(self.d, a["heads"], chunk=a["chunk"])
+
+
+def build(arch: Arch | str, d_model: int) -> Mixer:
+    """Compile an architecture (tree or text) into a module mapping (B, T, d_model) to the same shape."""
+    return Builder(d_model)(parse(arch) if isinstance(arch, str) else arch)

@@ -1,0 +1,80 @@
+"""The `einsearch` command line: argument handling only; the work lives in the package."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from einsearch.arch import Arch
+from einsearch.build import build
+from einsearch.costs import costs
+from einsearch.grammar import ArchSyntaxError, to_text
+from einsearch.grammar.seeds import resolve, seeds
+from einsearch.primitives.base import BuildError
+
+app = typer.Typer(help="Search for sequence-mixer architectures.", no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+
+@app.callback()
+def _commands() -> None:
+    """Search for sequence-mixer architectures."""
+
+
+def fail(message: str) -> NoReturn:
+    """One clear line on stderr and exit status 2: the CLI's answer to bad input."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _arch(text: str) -> Arch:
+    try:
+        return resolve(text)
+    except ArchSyntaxError as e:
+        fail(str(e))
+
+
+def _tree(arch: Arch, depth: int = 0) -> list[str]:
+    head = arch.op + (f"({arch.variant})" if arch.variant else "")
+    params = " ".join(f"{k}={v}" for k, v in arch.params)
+    lines = ["  " * depth + head + (f"  {params}" if params else "")]
+    for child in arch.children:
+        lines += _tree(child, depth + 1)
+    return lines
+
+
+@app.command()
+def show(
+    arch: Annotated[str, typer.Argument(help="Architecture text or a seed name.")],
+    d_model: Annotated[int, typer.Option(help="Model width to build at.", min=1)] = 64,
+    seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs and state size.", min=1)] = 1024,
+) -> None:
+    """Print an architecture's canonical text, its tree and its costs."""
+    tree = _arch(arch)
+    try:
+        module = build(tree, d_model)
+    except BuildError as e:
+        fail(str(e))
+    c = costs(module, seq_len)
+    console.print(to_text(tree), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"id {tree.id}", markup=False, highlight=False)
+    console.print("\n".join(_tree(tree)), markup=False, highlight=False)
+    table = Table(show_header=False, box=None)
+    table.add_row("d_model", str(d_model))
+    table.add_row("parameters", f"{c.params:,}")
+    table.add_row(f"FLOPs/token @ T={seq_len}", f"{c.flops_per_token:,.0f}")
+    table.add_row(f"state size @ T={seq_len}", f"{c.state_size:,}")
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
