@@ -1,7 +1,9 @@
 """`PrimitiveContract`: the tests every primitive (and combinator) inherits.
 
 A test class sets `arch` (architecture text) and, where needed, the sizes below; it gets:
-shape preservation at several widths, causality, step-by-step == forward, finite gradients,
+shape preservation at several widths, causality, step-by-step == forward, the parallel form
+against its reference loop (outputs and gradients, where the module has `reference`), finite
+gradients,
 float64 gradcheck on a tiny shape, and costs checked against the module itself (parameter count
 is positive where weights exist; the state the module actually carries while stepping equals its
 reported `state_size`; FLOPs are non-negative and scale as declared).
@@ -91,6 +93,27 @@ class PrimitiveContract:
         module = self.build(self.gradcheck_d).double()
         x = self.inputs(self.gradcheck_d, self.gradcheck_len).double()[:1].requires_grad_(True)
         assert torch.autograd.gradcheck(module, (x,), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+    def test_parallel_form_matches_reference_loop(self):
+        """Where a module has a separate parallel (chunked) form, `reference` is its plain loop:
+        outputs and the gradients of the input and of every parameter must agree."""
+        module = self.build()
+        if not hasattr(module, "reference"):
+            pytest.skip("no separate parallel form")
+        x = self.inputs().requires_grad_(True)
+        weights = torch.randn(self.batch, self.seq_len, self.d_model, generator=torch.Generator().manual_seed(2))
+        results = []
+        for run in (module.forward, module.reference):
+            module.zero_grad()
+            x.grad = None
+            y = run(x)
+            (y * weights).sum().backward()
+            results.append((y.detach(), x.grad.clone(), [p.grad.clone() for p in module.parameters()]))
+        (y, gx, gp), (y_ref, gx_ref, gp_ref) = results
+        torch.testing.assert_close(y, y_ref, atol=self.atol, rtol=self.atol)
+        torch.testing.assert_close(gx, gx_ref, atol=self.atol, rtol=self.atol)
+        for g, g_ref in zip(gp, gp_ref):
+            torch.testing.assert_close(g, g_ref, atol=self.atol, rtol=self.atol)
 
     def test_reported_state_size_is_the_state_carried(self):
         module = self.build()
