@@ -16,7 +16,12 @@ from einsearch.grammar import ArchSyntaxError, to_text
 from einsearch.grammar.seeds import resolve, seeds
 from einsearch.primitives.base import BuildError
 
-app = typer.Typer(help="Search for sequence-mixer architectures.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Search for sequence-mixer architectures.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
 console = Console()
 
 

@@ -97,7 +97,7 @@ def parse(text: str) -> Arch:
     except UnexpectedToken as e:
         found = "end of text" if e.token.type == "$END" else _word_at(text, e.token.start_pos)
         raise ArchSyntaxError(
-            f"unexpected {found}; expected {_expected(e.expected)}", e.line, e.column, text
+            f"unexpected {found}; expected {_expected(e.accepts or e.expected)}", e.line, e.column, text
         ) from None
     except UnexpectedCharacters as e:
         found = _word_at(text, e.pos_in_stream)
