@@ -104,10 +104,12 @@ class Builder:
             from einsearch.primitives.titans import Titans
 
             return Titans(self.d, a["heads"], loss=a["loss"], retention=a["retention"], momentum=a["momentum"])
-        from einsearch.primitives.memory import GLA, DeltaNet
+        from einsearch.primitives.memory import GLA, DeltaNet, RetNet
 
         if a.variant == "gla":
             return GLA(self.d, a["heads"])
+        if a.variant == "retnet":
+            return RetNet(self.d, a["heads"])
         return DeltaNet(self.d, a["heads"], gated=a["gated"])
 
     def rnn(self, a: Arch) -> Mixer:

@@ -77,6 +77,24 @@ def show(
     console.print(table)
 
 
+@app.command("seeds")
+def list_seeds(
+    d_model: Annotated[int, typer.Option(help="Model width to build at.", min=1)] = 64,
+    seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs and state size.", min=1)] = 1024,
+) -> None:
+    """List the seed zoo with parameters, FLOPs/token and state size (one block)."""
+    table = Table(title=f"seed zoo at d_model={d_model}, T={seq_len} (one block)")
+    for column in ("name", "parameters", "FLOPs/token", "state size"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for name, tree in seeds.items():
+        try:
+            c = costs(build(tree, d_model), seq_len)
+        except BuildError as e:
+            fail(f"seed {name}: {e}")
+        table.add_row(name, f"{c.params:,}", f"{c.flops_per_token:,.0f}", f"{c.state_size:,}")
+    console.print(table)
+
+
 def main() -> None:
     app()
 
