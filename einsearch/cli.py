@@ -95,6 +95,64 @@ def list_seeds(
     console.print(table)
 
 
+# ---------------------------------------------------------------- spaces: sample, space list, space stats
+SpaceOption = Annotated[str, typer.Option(help="A built-in space (see `einsearch space list`) or a space file.")]
+
+
+def _space(name: str):
+    from einsearch.grammar import SpaceError, load_space
+
+    try:
+        return load_space(name)
+    except SpaceError as e:
+        fail(str(e))
+
+
+@app.command("sample")
+def sample_command(
+    space: SpaceOption = "full",
+    n: Annotated[int, typer.Option("-n", "--n", help="How many architectures.", min=1)] = 1,
+    seed: Annotated[int | None, typer.Option(help="Random seed; the same seed prints the same list.")] = None,
+) -> None:
+    """Print architectures drawn from a space, one per line (pipe one into `einsearch show`)."""
+    import numpy as np
+
+    from einsearch.grammar import sample
+
+    pcfg, rng = _space(space), np.random.default_rng(seed)
+    for _ in range(n):
+        typer.echo(to_text(sample(pcfg, rng)))
+
+
+space_app = typer.Typer(help="Search spaces: list them and print their statistics.", no_args_is_help=True)
+app.add_typer(space_app, name="space")
+
+
+@space_app.command("list")
+def space_list() -> None:
+    """The built-in spaces, with their limits and mean offspring."""
+    from einsearch.grammar import builtin_spaces
+
+    for name in builtin_spaces():
+        typer.echo(_space(name).summary())
+
+
+@space_app.command("stats")
+def space_stats_command(
+    space: SpaceOption = "full",
+    samples: Annotated[int, typer.Option(help="How many samples to draw.", min=1)] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    d_model: Annotated[int, typer.Option(help="Width to build the samples at.", min=1)] = 32,
+    build_check: Annotated[bool, typer.Option("--build/--no-build", help="Build and check every sample.")] = True,
+) -> None:
+    """Expected size, depth distribution, primitive frequencies and the share of samples that
+    build, run forward and backward, and pass the causality check."""
+    from einsearch.grammar.stats import space_stats
+
+    stats = space_stats(_space(space), samples=samples, seed=seed, check=build_check, d_model=d_model)
+    typer.echo("\n".join(stats.lines()))
+
+
 def main() -> None:
     app()
 

@@ -1,6 +1,24 @@
-"""The architecture language: grammar, parser, printer (and, later, spaces and sampler)."""
+"""The architecture language: grammar, parser, printer; search spaces, sampler, mutation, crossover."""
 
+from einsearch.grammar.evolve import crossover, mutate
 from einsearch.grammar.parser import ArchSyntaxError, grammar, parse
 from einsearch.grammar.printer import to_text
+from einsearch.grammar.sampler import sample
+from einsearch.grammar.space import Space, SpaceError, builtin_spaces, load_space
+from einsearch.grammar.suggest import suggest, to_params
 
-__all__ = ["ArchSyntaxError", "grammar", "parse", "to_text"]
+__all__ = [
+    "ArchSyntaxError",
+    "Space",
+    "SpaceError",
+    "builtin_spaces",
+    "crossover",
+    "grammar",
+    "load_space",
+    "mutate",
+    "parse",
+    "sample",
+    "suggest",
+    "to_params",
+    "to_text",
+]
