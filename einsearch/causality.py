@@ -3,10 +3,14 @@
 Two independent probes at several cut points t:
 * perturb the future x[:, t+1:] and require y[:, :t+1] to be unchanged;
 * require the gradient of y[:, t] with respect to x[:, t+1:] to vanish.
+
+A module that produces NaN or inf is reported as not causal and not finite: nothing about
+causality can be concluded from it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +20,7 @@ from torch import nn
 @dataclass(frozen=True)
 class CausalityReport:
     causal: bool
+    finite: bool  # False: the module produced NaN/inf, so nothing could be concluded
     max_output_change: float  # largest change of a past output when the future is perturbed
     max_future_grad: float  # largest |d y[t] / d x[t+1:]|
     cut: int | None  # the first cut point that failed
@@ -48,7 +53,9 @@ def check_causal(
         probe = x.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(module(probe)[:, t].sum(), probe, allow_unused=True)
         leak = 0.0 if grad is None else grad[:, t + 1 :].abs().max().item()
+        if not (math.isfinite(change) and math.isfinite(leak)):
+            return CausalityReport(False, False, change, leak, t)
         worst_change, worst_grad = max(worst_change, change), max(worst_grad, leak)
         if failed_at is None and not (change <= atol and leak <= atol):
             failed_at = t
-    return CausalityReport(failed_at is None, worst_change, worst_grad, failed_at)
+    return CausalityReport(failed_at is None, True, worst_change, worst_grad, failed_at)

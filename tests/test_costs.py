@@ -68,3 +68,4 @@ def test_heads_must_divide_width():
         einsearch.build("attn(softmax, heads=3, pos=rope)", 64)
     with pytest.raises(einsearch.BuildError, match="even head size"):
         einsearch.build("attn(softmax, heads=2, pos=rope)", 10)
+
