@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from einsearch.primitives.base import Mixer, State, head_dim
+from einsearch.primitives.graphs import GraphArgs, random_graph
 
 # ---------------------------------------------------------------- cells
 # Every cell maps (u, s, R, b) -> s_new for any leading dims:
@@ -181,23 +182,27 @@ CELLS = {
 # ---------------------------------------------------------------- sparse wiring
 
 
-def wiring_mask(wiring: str, d: int, seed: int = 0) -> Tensor:
-    """(d, d) 0/1 mask: the adjacency of a random graph on d units plus self loops (ones if `none`)."""
-    import networkx as nx
-
+def wiring_graph(wiring: str, d: int, seed: int = 0) -> GraphArgs | None:
+    """The random graph on the d units of a head (None for dense wiring): ws with k = 4 (even,
+    below d) and p = 0.25; ba with 2 edges per new node; er with p = 4/d (about 4 neighbours)."""
     if wiring == "none" or d == 1:
-        return torch.ones(d, d)
+        return None
     if wiring == "ws":
         k = min(4, d - 1)
-        graph = nx.watts_strogatz_graph(d, k - k % 2, 0.25, seed=seed)
-    elif wiring == "ba":
-        graph = nx.barabasi_albert_graph(d, min(2, d - 1), seed=seed)
-    elif wiring == "er":
-        graph = nx.erdos_renyi_graph(d, min(1.0, 4 / d), seed=seed)
-    else:
-        raise ValueError(f"rnn: unknown wiring {wiring!r}")
-    adjacency = torch.tensor(nx.to_numpy_array(graph, nodelist=range(d)), dtype=torch.float32)
-    return ((adjacency + torch.eye(d)) > 0).float()
+        return GraphArgs("ws", d, k - k % 2, 0.25, seed)
+    if wiring == "ba":
+        return GraphArgs("ba", d, min(2, d - 1), None, seed)
+    if wiring == "er":
+        return GraphArgs("er", d, None, min(1.0, 4 / d), seed)
+    raise ValueError(f"rnn: unknown wiring {wiring!r}")
+
+
+def wiring_mask(graph: GraphArgs | None, d: int) -> Tensor:
+    """(d, d) 0/1 mask: the graph's adjacency plus self loops (all ones for dense wiring)."""
+    mask = torch.eye(d) if graph is not None else torch.ones(d, d)
+    for i, j in random_graph(graph) if graph is not None else ():
+        mask[i, j] = mask[j, i] = 1.0
+    return mask
 
 
 # ---------------------------------------------------------------- linear recurrence (the Newton step)
@@ -331,7 +336,8 @@ class RNN(Mixer):
         self.recurrent = nn.Parameter(torch.empty(heads, d, gates * d))  # R per head, gate blocks side by side
         self.recurrent_bias = nn.Parameter(torch.empty(heads, gates * d))  # b_hh
         self.out = nn.Linear(d_model, d_model, bias=False)
-        self.register_buffer("mask", wiring_mask(wiring, d))  # (d, d)
+        self.graph = wiring_graph(wiring, d)
+        self.register_buffer("mask", wiring_mask(self.graph, d))  # (d, d)
         bound = 1 / math.sqrt(d)
         with torch.no_grad():
             nn.init.uniform_(self.recurrent, -bound, bound)

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-import networkx as nx
 import torch
 from torch import Tensor, nn
 
 from einsearch.primitives.base import BuildError, Mixer, State
+from einsearch.primitives.graphs import KINDS, GraphArgs, random_graph
 
-GRAPHS = ("ws", "ba", "er")
-
-
-def random_dag(graph: str, nodes: int, k: int | None, p: float | None, seed: int) -> list[tuple[int, int]]:
-    """Edges (i, j), i < j, of a networkx random graph oriented from lower to higher index.
+def wired_graph(graph: str, nodes: int, k: int | None, p: float | None, seed: int) -> GraphArgs:
+    """The random graph behind `wired(...)`, with the defaults filled in:
 
     ws: watts_strogatz_graph(N, k or 4, p or 0.25, seed), a ring where each node joins its k
         nearest neighbours (⌊k/2⌋ on each side), each edge rewired with probability p; needs k < N.
@@ -23,29 +20,27 @@ def random_dag(graph: str, nodes: int, k: int | None, p: float | None, seed: int
         edges; needs k < N.
     er: erdos_renyi_graph(N, p or 0.25, seed), each pair joined with probability p.
 
-    Orienting every edge from the lower to the higher index makes the graph acyclic, and index
-    order is a topological order.  Raises BuildError for a combination networkx cannot build and
-    for a parameter the generator does not take.
+    Raises BuildError for a combination networkx cannot build and for a parameter the generator
+    does not take.  Orienting every edge from the lower to the higher index (as `Wired` does)
+    makes the graph acyclic, and index order a topological order.
     """
     if graph == "ws":
         k = 4 if k is None else k
         if k >= nodes:
             raise BuildError(f"wired: graph=ws needs k < nodes (ring neighbours per node), got k={k}, nodes={nodes}")
-        g = nx.watts_strogatz_graph(nodes, k, 0.25 if p is None else p, seed=seed)
-    elif graph == "ba":
+        return GraphArgs("ws", nodes, k, 0.25 if p is None else p, seed)
+    if graph == "ba":
         k = 2 if k is None else k
         if p is not None:
             raise BuildError("wired: graph=ba takes k (edges per new node), not p")
         if k >= nodes:
             raise BuildError(f"wired: graph=ba needs k < nodes (edges per new node), got k={k}, nodes={nodes}")
-        g = nx.barabasi_albert_graph(nodes, k, seed=seed)
-    elif graph == "er":
+        return GraphArgs("ba", nodes, k, None, seed)
+    if graph == "er":
         if k is not None:
             raise BuildError("wired: graph=er takes p (edge probability), not k")
-        g = nx.erdos_renyi_graph(nodes, 0.25 if p is None else p, seed=seed)
-    else:
-        raise BuildError(f"wired: unknown graph {graph!r}; expected one of {', '.join(GRAPHS)}")
-    return sorted((min(u, v), max(u, v)) for u, v in g.edges())
+        return GraphArgs("er", nodes, None, 0.25 if p is None else p, seed)
+    raise BuildError(f"wired: unknown graph {graph!r}; expected one of {', '.join(KINDS)}")
 
 
 class Wired(Mixer):
@@ -75,7 +70,8 @@ class Wired(Mixer):
     ):
         super().__init__()
         self.d_model = d_model
-        self.edges = random_dag(graph, nodes, k, p, seed)
+        self.graph = wired_graph(graph, nodes, k, p, seed)
+        self.edges = random_graph(self.graph)  # (i, j) with i < j: oriented low -> high
         self.nodes = nn.ModuleList(make_node() for _ in range(nodes))
         self.edge_logits = nn.Parameter(torch.zeros(len(self.edges)))  # w_ij, in the order of self.edges
         # incoming[j]: (edge index, source node) of every edge into j

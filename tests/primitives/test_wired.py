@@ -90,7 +90,7 @@ def test_two_node_chain_is_the_hand_composition():
     """ba with 2 nodes and k=1 is the single edge 0 → 1: out = M1(σ(w) M0(x))."""
     torch.manual_seed(0)
     module = einsearch.build("wired(conv(k=3), graph=ba, nodes=2, k=1, seed=0)", 4)
-    assert module.edges == [(0, 1)]
+    assert list(module.edges) == [(0, 1)]
     with torch.no_grad():
         module.edge_logits.fill_(0.7)
     m0, m1 = module.nodes
@@ -103,7 +103,7 @@ def test_two_unconnected_nodes_average():
     """er with 2 nodes and no edge: both take x, both are outputs: out = (M0(x) + M1(x)) / 2."""
     torch.manual_seed(0)
     module = einsearch.build("wired(conv(k=2), graph=er, nodes=2, p=0.5, seed=0)", 4)
-    assert module.edges == []
+    assert list(module.edges) == []
     m0, m1 = module.nodes
     x = torch.randn(2, 7, 4)
     torch.testing.assert_close(module(x), (m0(x) + m1(x)) / 2)
@@ -113,7 +113,7 @@ def test_diamond_by_hand():
     """A three-node net with edges 0→1, 0→2, 1→2: out = M2(σ(a) y0 + σ(b) y1), y1 = M1(σ(c) y0)."""
     torch.manual_seed(0)
     module = einsearch.build("wired(linear(), graph=ws, nodes=3, k=2, p=0.1, seed=0)", 4)
-    assert module.edges == [(0, 1), (0, 2), (1, 2)]  # k=2 on a ring of 3 joins every pair
+    assert list(module.edges) == [(0, 1), (0, 2), (1, 2)]  # k=2 on a ring of 3 joins every pair
     with torch.no_grad():
         module.edge_logits.copy_(torch.tensor([0.3, -1.0, 2.0]))  # (0,1), (0,2), (1,2)
     m0, m1, m2 = module.nodes
