@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Annotated, NoReturn
 
 import typer
@@ -151,6 +152,184 @@ def space_stats_command(
 
     stats = space_stats(_space(space), samples=samples, seed=seed, check=build_check, d_model=d_model)
     typer.echo("\n".join(stats.lines()))
+
+
+# ---------------------------------------------------------------- tasks and training: train, tasks
+@app.command("train")
+def train_command(
+    arch: Annotated[str, typer.Argument(help="Architecture text or a seed name.")],
+    task: Annotated[str, typer.Option(help="Task with options, e.g. mqar:vocab=256,seq_len=64,pairs=8 (see `einsearch tasks`).")] = "mqar",
+    budget: Annotated[str | None, typer.Option(help="Steps and/or time: 60s, 2m, 500steps, 500steps,2m (default: the task's).")] = None,
+    d_model: Annotated[int, typer.Option(help="Model width.", min=1)] = 64,
+    layers: Annotated[int, typer.Option(help="Copies of the block (independent weights).", min=1)] = 2,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the task's).", min=0.0)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default: the task's).", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation and the batch order.")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Train one architecture on one task within a budget; print its metrics and costs.
+    Exit status 1 when the candidate fails (NaN, divergence, out of memory, time limit, build error)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from einsearch.tasks import Budget, TaskError, get_task
+    from einsearch.train import TrainConfig, train
+
+    tree = _arch(arch)
+    try:
+        limit = Budget.parse(budget) if budget else None
+    except ValueError as e:
+        fail(str(e))
+    config = TrainConfig(d_model=d_model, layers=layers, budget=limit, lr=lr, batch_size=batch_size, seed=seed)
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=json_output, transient=True,
+    )  # fmt: skip
+    try:
+        the_task = get_task(task)
+        with bar:
+            handle = bar.add_task("preparing data", total=1.0)
+            show_step = lambda info: bar.update(handle, completed=info.fraction, description=f"step {info.step}  loss {info.loss:.4g}")  # noqa: E731
+            result = train(tree, the_task, config, progress=show_step)
+    except TaskError as e:
+        fail(str(e))
+    if json_output:
+        typer.echo(result.to_json())
+    else:
+        table = Table(show_header=False, box=None)
+        table.add_row("status", result.status + (f" ({result.reason})" if result.reason else ""))
+        if result.detail:
+            table.add_row("detail", result.detail)
+        table.add_row("task", result.task)
+        table.add_row("steps", f"{result.steps:,}")
+        table.add_row("seconds", f"{result.seconds:.1f}")
+        for name, value in result.metrics.items():
+            table.add_row(name, f"{value:.4f}")
+        if result.costs:
+            table.add_row("parameters", f"{result.costs['params']:,}")
+            table.add_row(f"FLOPs/token @ T={result.costs['seq_len']}", f"{result.costs['flops_per_token']:,.0f}")
+            table.add_row(f"state size @ T={result.costs['seq_len']}", f"{result.costs['state_size']:,}")
+        console.print(table)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command("tasks")
+def tasks_command() -> None:
+    """List the tasks, their primary metric, default budget and options."""
+    from einsearch.tasks import describe_tasks
+
+    for info in describe_tasks():
+        typer.echo(f"{info.name}  {info.summary}  [{info.metric}, {info.mode}imise; budget {info.budget}]")
+        for option in info.options:
+            bare = "  (may be given bare: " + info.name + ":<" + option.name + ">)" if option.name == info.positional else ""
+            typer.echo(f"    {option.name + '=' + str(option.default):<22} {option.help}{bare}")
+
+
+# ---------------------------------------------------------------- the search: run, report, export
+@app.command("run")
+def run_command(
+    space: Annotated[str, typer.Option(help="Search space: a built-in name (see `einsearch space list`) or a space file.")] = "full",
+    task: Annotated[str, typer.Option(help="Task with options (see `einsearch tasks`).")] = "mqar",
+    strategy: Annotated[str, typer.Option(help="random | evolution | tpe | nsga2.")] = "evolution",
+    seed_arch: Annotated[list[str] | None, typer.Option("--seed-arch", help="Seed name or architecture text to start from (repeatable).")] = None,
+    trials: Annotated[int | None, typer.Option(help="Total evaluations (with --resume: the new total).", min=1)] = None,
+    time_budget: Annotated[str | None, typer.Option(help="Wall clock for the whole search, e.g. 90s, 30m, 2h.")] = None,
+    trial_budget: Annotated[str, typer.Option(help="Each candidate's training budget: seconds and/or steps (30s, 500steps).")] = "20s",
+    workers: Annotated[int, typer.Option(help="Candidates trained at once.", min=1)] = 2,
+    executor: Annotated[str, typer.Option(help="ray (local Ray or --address) | inline (in this process).")] = "ray",
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
+    scheduler: Annotated[str, typer.Option(help="fifo | asha (stop weak candidates early).")] = "fifo",
+    objectives: Annotated[str, typer.Option(help="metric, optionally with params, flops, state: e.g. metric,params.")] = "metric",
+    max_params: Annotated[int | None, typer.Option(help="Reject candidates with more parameters, untrained.", min=1)] = None,
+    max_flops: Annotated[float | None, typer.Option(help="Reject candidates with more FLOPs per token, untrained.", min=0)] = None,
+    d_model: Annotated[int, typer.Option(help="Model width.", min=1)] = 64,
+    layers: Annotated[int, typer.Option(help="Copies of the block.", min=1)] = 2,
+    output: Annotated[str | None, typer.Option(help="Run folder (default: a new dated folder under runs/).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the search and of every candidate's training.")] = 0,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: a journal file in the run folder).")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue the run in this folder.")] = None,
+) -> None:
+    """Search the space for the best block on a task; Ctrl-C stops cleanly, --resume continues."""
+    from einsearch.grammar import SpaceError
+    from einsearch.search import RunConfig, RunFolder, new_run_folder, parse_duration, resume as resume_run, start
+    from einsearch.tasks import TaskError
+
+    try:
+        if resume is not None:
+            outcome = resume_run(RunFolder(resume), trials=trials)
+        else:
+            config = RunConfig(
+                task=task, space=space, strategy=strategy, seed_archs=tuple(seed_arch or ()),
+                trials=trials or RunConfig.trials,
+                time_budget=parse_duration(time_budget) if time_budget else None,
+                trial_budget=trial_budget, workers=workers, executor=executor, address=address,
+                scheduler=scheduler, objectives=tuple(o.strip() for o in objectives.split(",")),
+                max_params=max_params, max_flops=max_flops, d_model=d_model, layers=layers, seed=seed, storage=storage,
+            )  # fmt: skip
+            from einsearch.tasks import Budget
+
+            Budget.parse(trial_budget)
+            outcome = start(config, RunFolder(output) if output else new_run_folder())
+    except (ValueError, TaskError, SpaceError, ArchSyntaxError, FileNotFoundError, FileExistsError) as e:
+        fail(str(e))
+    folder = outcome.search.folder.path
+    if not outcome.completed:
+        typer.echo(f"stopped; finished trials are recorded. Continue with: einsearch run --resume {folder}", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"done: {len(outcome.search.records)} trials in {folder}. See: einsearch report {folder}")
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[str, typer.Argument(help="A run folder.")],
+    top: Annotated[int, typer.Option(help="Rows of the leaderboard.", min=1)] = 10,
+) -> None:
+    """Print a run's leaderboard and write its plots (PNG) into the run folder."""
+    from einsearch.report import leaderboard, write_plots
+    from einsearch.search import RunFolder
+    from einsearch.tasks import get_task
+
+    folder = RunFolder(run)
+    try:
+        config = folder.read_config()
+    except FileNotFoundError as e:
+        fail(str(e))
+    task = get_task(config["task"])
+    records = folder.trials()
+    board = leaderboard(records, maximize=task.mode == "max")
+    table = Table(title=f"{run}: {len(records)} trials, {len(board)} scored (val/{task.metric})")
+    for column in ("rank", "trial", f"val/{task.metric}", "params", "FLOPs/token", "state", "architecture"):
+        table.add_column(column, justify="left" if column == "architecture" else "right", overflow="fold")
+    for leader in board[:top]:
+        r = leader.record
+        table.add_row(
+            str(leader.rank), str(r.number), f"{r.objectives[0]:.4g}", f"{r.costs.get('params', 0):,}",
+            f"{r.costs.get('flops_per_token', 0):,.0f}", f"{r.costs.get('state_size', 0):,}", r.arch,
+        )  # fmt: skip
+    console.print(table)
+    reasons = Counter(f"{r.status} ({(r.reason or '?').split(' ')[0]})" for r in records if r.status != "ok")
+    if reasons:
+        typer.echo("not scored: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items())))
+    for path in write_plots(folder, records, f"val/{task.metric}", maximize=task.mode == "max"):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[str, typer.Argument(help="A run folder.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="The Python file to write.")] = "candidate.py",
+    rank: Annotated[int, typer.Option(help="Which candidate of the leaderboard.", min=1)] = 1,
+    weights: Annotated[bool, typer.Option("--weights", help="Also write the trained weights beside it (.safetensors).")] = False,
+) -> None:
+    """Write a trained candidate as a standalone PyTorch module (needs only torch)."""
+    from einsearch.export import ExportError, export_trial
+
+    try:
+        written = export_trial(run, rank, output, weights)
+    except (ExportError, FileNotFoundError) as e:
+        fail(str(e))
+    for path in written:
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

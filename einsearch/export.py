@@ -1,0 +1,192 @@
+"""Code generation: a trained candidate as one standalone Python file that needs only torch.
+
+The file carries the source of exactly the einsearch modules the candidate's model uses (the
+primitive families it was built from, the combinators, the builder and the task's model shell),
+with einsearch's own imports removed, followed by the architecture as a literal tree and a
+`Candidate` module whose constructor defaults are the search's d_model and layer count.  Random
+graphs (sparse wiring) are carried as edge lists, so networkx is not needed either.
+
+    import my_mixer, safetensors.torch
+    model = my_mixer.Candidate()
+    model.load_state_dict(safetensors.torch.load_file("my_mixer.safetensors"))
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+import textwrap
+from pathlib import Path
+
+from torch import nn
+
+from einsearch.arch import Arch
+from einsearch.primitives.graphs import GraphArgs, random_graph
+
+# Every module an export may need, in dependency order (a module only uses those above it).
+ORDER = (
+    "einsearch.arch",
+    "einsearch.grammar.printer",
+    "einsearch.primitives.base",
+    "einsearch.primitives.graphs",
+    "einsearch.primitives.channel",
+    "einsearch.primitives.local",
+    "einsearch.primitives.attention",
+    "einsearch.primitives.combinators",
+    "einsearch.primitives.scan",
+    "einsearch.primitives.memory",
+    "einsearch.primitives.linear_attention",
+    "einsearch.primitives.sparse_attention",
+    "einsearch.primitives.titans",
+    "einsearch.primitives.recurrent",
+    "einsearch.primitives.rat",
+    "einsearch.primitives.wired",
+    "einsearch.build",
+    "einsearch.tasks.shell",
+)
+ALWAYS = ("einsearch.arch", "einsearch.grammar.printer", "einsearch.primitives.base",
+          "einsearch.primitives.combinators", "einsearch.build", "einsearch.tasks.shell")  # fmt: skip
+_EINSEARCH_IMPORT = re.compile(r"^[ \t]*(from einsearch[\w.]* import (\([^)]*\)|[^\n]*)|import einsearch[^\n]*)\n", re.M)
+_FUTURE = re.compile(r"^from __future__ import annotations\n", re.M)
+
+
+class ExportError(ValueError):
+    pass
+
+
+def modules_used(model: nn.Module) -> list[str]:
+    """The einsearch modules whose source the model needs, in ORDER (dependencies included)."""
+    needed = set(ALWAYS) | {type(m).__module__ for m in model.modules() if type(m).__module__.startswith("einsearch.")}
+    changed = True
+    while changed:  # close over the modules' top-level einsearch imports (the builder's are lazy)
+        changed = False
+        for name in list(needed):
+            for node in ast.parse(_source(name)).body:
+                if isinstance(node, ast.ImportFrom) and node.module in ORDER and node.module not in needed:
+                    needed.add(node.module)
+                    changed = True
+    missing = needed - set(ORDER)
+    if missing:
+        raise ExportError(f"cannot export: no place in the export order for {', '.join(sorted(missing))}")
+    return [name for name in ORDER if name in needed]
+
+
+def _source(module: str) -> str:
+    return inspect.getsource(importlib.import_module(module))
+
+
+def _graph_table(model: nn.Module) -> dict[GraphArgs, tuple[tuple[int, int], ...]]:
+    graphs = {m.graph for m in model.modules() if isinstance(getattr(m, "graph", None), GraphArgs)}
+    return {args: random_graph(args) for args in sorted(graphs, key=repr)}
+
+
+def _graphs_source(table: dict[GraphArgs, tuple[tuple[int, int], ...]]) -> str:
+    """graphs.py with networkx replaced by the edges this model was built with."""
+    source = _source("einsearch.primitives.graphs")
+    source = source[: source.index("def random_graph")]
+    rows = "".join(f"    {args!r}: {edges!r},\n" for args, edges in table.items())
+    return source + (
+        "EDGES = {\n" + rows + "}\n\n\n"
+        "def random_graph(args: GraphArgs) -> tuple[tuple[int, int], ...]:\n"
+        '    """The edges recorded at export time (this file does not need networkx)."""\n'
+        "    return EDGES[args]\n"
+    )
+
+
+def _strip(source: str) -> str:
+    return _EINSEARCH_IMPORT.sub("", _FUTURE.sub("", source))
+
+
+def _check_names(sections: dict[str, str]) -> None:
+    """Two modules defining the same top-level name would silently shadow each other."""
+    owner: dict[str, str] = {}
+    for module, source in sections.items():
+        for node in ast.parse(source).body:
+            names = []
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            for name in names:
+                if name in owner and owner[name] != module and not name.startswith("__"):
+                    raise ExportError(f"cannot export: {name!r} is defined in both {owner[name]} and {module}")
+                owner[name] = module
+
+
+def shell_call(model: nn.Module) -> str:
+    """The keyword arguments, beyond blocks and d_model, that rebuild the model's shell."""
+    options = getattr(model, "options", None)
+    if options is None:
+        raise ExportError(f"cannot export a {type(model).__name__}: its shell does not declare `options`")
+    return "".join(f", {k}={v!r}" for k, v in options.items())
+
+
+def export_source(arch: Arch, model: nn.Module, d_model: int, layers: int, note: str = "") -> str:
+    """The standalone file for `arch` built as `model` (a task shell of `layers` blocks)."""
+    sections = {}
+    for name in modules_used(model):
+        source = _graphs_source(_graph_table(model)) if name == "einsearch.primitives.graphs" else _source(name)
+        sections[name] = _strip(source)
+    _check_names(sections)
+    body = "\n\n".join(f"# {'-' * 20} from {name.replace('.', '/')}.py\n\n{src.strip()}\n" for name, src in sections.items())
+    header = (
+        f'"""{arch.text}\n\n'
+        + (f"{note}\n\n" if note else "")
+        + "Generated by `einsearch export`: a standalone module that needs only torch.\n"
+        "    model = Candidate()                      # d_model and layers default to the search's\n"
+        "    model.load_state_dict(safetensors.torch.load_file(weights_path))\n"
+        '"""\n\nfrom __future__ import annotations\n\n'
+    )
+    footer = textwrap.dedent(
+        f'''
+
+        # {'-' * 20} the candidate
+
+        ARCH = {arch!r}
+
+
+        class Candidate({type(model).__name__}):
+            """{arch.text}"""
+
+            def __init__(self, d_model: int = {d_model}, layers: int = {layers}):
+                super().__init__(build_blocks(ARCH, d_model, layers), d_model{shell_call(model)})
+        '''
+    )
+    return header + body + footer
+
+
+def write_export(path: str | Path, arch: Arch, model: nn.Module, d_model: int, layers: int, note: str = "") -> Path:
+    path = Path(path)
+    path.write_text(export_source(arch, model, d_model, layers, note))
+    return path
+
+
+def export_trial(run: str | Path, rank: int, output: str | Path, weights: bool = False) -> list[Path]:
+    """Export the candidate at `rank` of a run's leaderboard; with `weights`, also its trained
+    weights as <output>.safetensors.  Returns the paths written."""
+    from einsearch.grammar import parse
+    from einsearch.report import leaderboard
+    from einsearch.search.config import RunConfig
+    from einsearch.search.record import RunFolder
+    from einsearch.tasks import get_task
+
+    folder = RunFolder(run)
+    config = RunConfig.from_dict(folder.read_config())
+    task = get_task(config.task)
+    board = leaderboard(folder.trials(), maximize=task.mode == "max")
+    if rank > len(board):
+        raise ExportError(f"{folder.path} has {len(board)} scored trial(s); there is no rank {rank}")
+    record = board[rank - 1].record
+    source = folder.weights_path(record.number)
+    if weights and not source.exists():
+        raise ExportError(f"the weights of trial {record.number} were not kept (a run keeps the best {config.keep_weights})")
+    arch = parse(record.arch)
+    note = f"Trial {record.number} of {folder.path} on {task.spec}: val/{task.metric} = {record.objectives[0]:.6g}."
+    written = [write_export(output, arch, task.model(arch, config.d_model, config.layers), config.d_model, config.layers, note)]
+    if weights:
+        target = Path(output).with_suffix(".safetensors")
+        target.write_bytes(source.read_bytes())
+        written.append(target)
+    return written

@@ -1,0 +1,122 @@
+"""Tables and plots of a run folder: leaderboard, best-so-far curves, cost scatter with the
+Pareto front, and which primitives the best candidates use."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from einsearch.grammar import parse
+from einsearch.search.record import RunFolder, TrialRecord
+
+COSTS = ("params", "flops_per_token", "state_size")
+
+
+@dataclass(frozen=True)
+class Leader:
+    rank: int
+    record: TrialRecord
+
+
+def scored(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Trials with a usable objective, counting a reused result once (under its first trial)."""
+    return [r for r in records if r.status == "ok" and r.objectives and r.reused_from is None]
+
+
+def leaderboard(records: list[TrialRecord], maximize: bool) -> list[Leader]:
+    ranked = sorted(scored(records), key=lambda r: r.objectives[0], reverse=maximize)
+    return [Leader(i + 1, r) for i, r in enumerate(ranked)]
+
+
+def best_so_far(values: list[float], maximize: bool) -> list[float]:
+    best, out = None, []
+    for v in values:
+        best = v if best is None else (max(best, v) if maximize else min(best, v))
+        out.append(best)
+    return out
+
+
+def pareto_front(points: list[tuple[float, float]], maximize: bool) -> list[int]:
+    """Indices of the points not dominated in (metric: better is larger iff maximize, cost: smaller)."""
+    sign = 1.0 if maximize else -1.0
+    front = []
+    for i, (mi, ci) in enumerate(points):
+        dominated = any(
+            (sign * mj >= sign * mi and cj <= ci) and (sign * mj > sign * mi or cj < ci)
+            for j, (mj, cj) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][1])
+
+
+def primitive_names(arch_text: str) -> set[str]:
+    """The primitives (op or op(variant)) an architecture uses; combinators included."""
+    return {node.op + (f"({node.variant})" if node.variant else "") for node in parse(arch_text).walk()}
+
+
+def primitive_frequencies(records: list[TrialRecord]) -> Counter:
+    counts: Counter = Counter()
+    for r in records:
+        counts.update(primitive_names(r.arch))
+    return counts
+
+
+def write_plots(folder: RunFolder, records: list[TrialRecord], metric: str, maximize: bool) -> list[Path]:
+    """best_so_far.png, cost_scatter.png, primitives.png in the run folder; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = scored(records)
+    paths = []
+    if ok:
+        in_order = sorted(ok, key=lambda r: r.number)
+        fig, (by_trial, by_time) = plt.subplots(1, 2, figsize=(10, 4))
+        values = [r.objectives[0] for r in in_order]
+        by_trial.plot([r.number for r in in_order], best_so_far(values, maximize), drawstyle="steps-post")
+        by_trial.scatter([r.number for r in in_order], values, s=8, alpha=0.4)
+        by_trial.set(xlabel="trial", ylabel=metric, title="best so far vs trials")
+        in_time = sorted(ok, key=lambda r: r.finished_at)
+        by_time.plot(
+            [r.finished_at / 60 for r in in_time],
+            best_so_far([r.objectives[0] for r in in_time], maximize),
+            drawstyle="steps-post",
+        )
+        by_time.set(xlabel="minutes", ylabel=metric, title="best so far vs time")
+        paths.append(_save(fig, folder.path / "best_so_far.png"))
+
+        fig, ax = plt.subplots(figsize=(5, 4))
+        points = [(r.objectives[0], float(r.costs.get("params", 0))) for r in ok]
+        ax.scatter([c for _, c in points], [m for m, _ in points], s=10, alpha=0.5, label="trials")
+        front = pareto_front(points, maximize)
+        ax.plot([points[i][1] for i in front], [points[i][0] for i in front], "r.-", label="Pareto front")
+        ax.set(xscale="log", xlabel="parameters", ylabel=metric, title="metric vs cost")
+        ax.legend()
+        paths.append(_save(fig, folder.path / "cost_scatter.png"))
+
+        board = leaderboard(records, maximize)
+        top = [leader.record for leader in board[: max(1, len(board) // 10)]]
+        everyone, best = primitive_frequencies(ok), primitive_frequencies(top)
+        names = sorted(everyone, key=lambda n: -everyone[n])
+        fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.45), 4))
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], [everyone[n] / len(ok) for n in names], width=0.4, label="all trials")
+        ax.bar([x + 0.2 for x in xs], [best[n] / len(top) for n in names], width=0.4, label="top decile")
+        ax.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=8)
+        ax.set(ylabel="share of architectures using it", title="primitives: top decile vs all")
+        ax.legend()
+        paths.append(_save(fig, folder.path / "primitives.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

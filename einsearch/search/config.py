@@ -1,0 +1,93 @@
+"""The configuration of a search run: one frozen dataclass, written to the run folder as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+OBJECTIVES = ("metric", "params", "flops", "state")  # cost objectives are minimised
+EXECUTORS = ("ray", "inline")
+SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str = "mqar"
+    space: str = "full"  # a built-in space name or a path to a space file
+    strategy: str = "evolution"  # random | evolution | tpe | nsga2
+    seed_archs: tuple[str, ...] = ()  # seed names or architecture texts that start the search
+    trials: int = 24  # total evaluations (trained, failed, rejected and reused alike)
+    time_budget: float | None = None  # seconds of wall clock for the whole search
+    trial_budget: str = "20s"  # each candidate's training budget: seconds and/or steps
+    time_limit: float | None = None  # seconds before a candidate fails as "timeout" (default: the trainer's)
+    workers: int = 2
+    executor: str = "ray"  # ray | inline
+    address: str | None = None  # an existing Ray cluster; None: RAY_ADDRESS or a local Ray
+    scheduler: str = "fifo"  # fifo | asha (early stopping from intermediate validation metrics)
+    eval_every: int | None = None  # steps between intermediate validation reports (asha needs it)
+    objectives: tuple[str, ...] = ("metric",)
+    max_params: int | None = None  # cheap constraints: candidates above are rejected untrained
+    max_flops: float | None = None  # per token, at the task's sequence length
+    d_model: int = 64
+    layers: int = 2
+    seed: int = 0
+    storage: str | None = None  # an Optuna storage URL; None: the journal file in the run folder
+    keep_weights: int = 10  # trained weights kept for this many best trials
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.trials < 1:
+            problems.append(f"trials must be at least 1, got {self.trials}")
+        if self.workers < 1:
+            problems.append(f"workers must be at least 1, got {self.workers}")
+        if self.executor not in EXECUTORS:
+            problems.append(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"scheduler {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        if not self.objectives or self.objectives[0] != "metric" or any(o not in OBJECTIVES for o in self.objectives):
+            problems.append(f"objectives must start with 'metric' and use {', '.join(OBJECTIVES)}, got {','.join(self.objectives)}")
+        if len(set(self.objectives)) != len(self.objectives):
+            problems.append(f"objectives repeat: {','.join(self.objectives)}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            problems.append(f"time budget must be positive, got {self.time_budget}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def eval_interval(self) -> int | None:
+        """Steps between intermediate reports: as asked, or every 50 steps under asha."""
+        return self.eval_every or (50 if self.scheduler == "asha" else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        for key in ("seed_archs", "objectives"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '2h', '1.5h' or a bare number of seconds -> seconds."""
+    text = text.strip().lower()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        raise ValueError(f"cannot read duration {text!r}: use e.g. 90s, 5m, 2h") from None
+    if value <= 0:
+        raise ValueError(f"duration must be positive, got {text!r}")
+    return value
+
+

@@ -1,0 +1,307 @@
+"""The search driver: proposes candidates, keeps the books, and decides when to stop.
+
+`Search` is the single writer of a run folder.  Executors (inline, Ray Tune) only ask it for
+the next `Job` and hand back each job's outcome:
+
+    job = search.next_job()          # None: nothing more to start (trial count or time reached)
+    outcome = evaluate(job)          # in a worker: train and score one candidate
+    search.finish(job, outcome)      # record it (trials.jsonl + Optuna study), tell the strategy
+
+Before a job is handed out, duplicates (same `Arch.id` as a finished trial) reuse that trial's
+result, and candidates over `max_params`/`max_flops` are rejected; neither costs any training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from einsearch.arch import Arch
+from einsearch.costs import costs as measure
+from einsearch.grammar import SpaceError, load_space, suggest
+from einsearch.grammar.seeds import resolve
+from einsearch.search.config import RunConfig
+from einsearch.search.record import RunFolder, TrialRecord
+from einsearch.search.strategies import make_strategy
+from einsearch.tasks.registry import get_task
+from einsearch.train import TrainConfig, TrainResult, train
+from einsearch.tasks.base import Budget
+
+COST_KEYS = {"params": "params", "flops": "flops_per_token", "state": "state_size"}
+
+
+@dataclass
+class Job:
+    """One candidate to train, as plain data that travels to a worker."""
+
+    number: int
+    arch: str
+    task: str
+    d_model: int
+    layers: int
+    budget: str
+    time_limit: float | None
+    seed: int
+    eval_every: int | None
+    weights: str | None  # where the worker saves the trained weights
+    started: float = field(default=0.0, compare=False)  # driver clock, not sent anywhere useful
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "started"}
+
+
+def evaluate(job: dict[str, Any], callback=None) -> dict[str, Any]:
+    """Train one job's candidate and return its `TrainResult` as a dict (runs in a worker)."""
+    config = TrainConfig(
+        d_model=job["d_model"],
+        layers=job["layers"],
+        budget=Budget.parse(job["budget"]),
+        time_limit=job["time_limit"],
+        seed=job["seed"],
+        eval_every=job["eval_every"],
+        weights_path=job["weights"],
+    )
+    return train(job["arch"], job["task"], config, callback=callback).to_dict()
+
+
+class Search:
+    def __init__(self, config: RunConfig, folder: RunFolder):
+        """Check the configuration (task, space, strategy, seeds) without touching the folder."""
+        self.config, self.folder = config, folder
+        self.task = get_task(config.task)
+        self.space = load_space(config.space)
+        self.maximize = self.task.mode == "max"
+        self.seeds = tuple(resolve(text) for text in config.seed_archs)
+        for seed in self.seeds:
+            reason = self.space.explain(seed)
+            if reason is not None:
+                raise SpaceError(f"seed architecture {seed.text} is not in space {self.space.name}: {reason}")
+        self.strategy = make_strategy(config.strategy, self.space, config.seed, self.seeds, self.maximize)
+        self.records: list[TrialRecord] = []
+        self.running: dict[int, tuple[Job, optuna.Trial]] = {}
+        self.by_id: dict[str, TrialRecord] = {}
+        self.elapsed_before = 0.0
+        self.clock_start = time.monotonic()
+
+    def attach(self) -> None:
+        """Open the run folder's study and replay its finished trials (a resumed run continues)."""
+        directions = ["maximize" if self.maximize else "minimize"] + ["minimize"] * (len(self.config.objectives) - 1)
+        self.study = self.folder.study(self.config.storage, directions, self.strategy.sampler(self.config.seed))
+        self.records = self.folder.trials()
+        self.strategy.replay(self.records)
+        self.by_id = {r.id: r for r in self.records if r.reused_from is None and r.status in ("ok", "failed")}
+        self.elapsed_before = max((r.finished_at for r in self.records), default=0.0)
+        self.clock_start = time.monotonic()
+        self._fail_stale_trials()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def elapsed(self) -> float:
+        """Search time in seconds, summed over the sessions of a resumed run."""
+        return self.elapsed_before + time.monotonic() - self.clock_start
+
+    @property
+    def remaining_time(self) -> float | None:
+        return None if self.config.time_budget is None else max(0.0, self.config.time_budget - self.elapsed)
+
+    def can_start(self) -> bool:
+        if len(self.records) + len(self.running) >= self.config.trials:
+            return False
+        return self.remaining_time is None or self.remaining_time > 0
+
+    @property
+    def finished(self) -> bool:
+        return not self.running and not self.can_start()
+
+    def best(self) -> TrialRecord | None:
+        scored = [r for r in self.records if r.status == "ok" and r.objectives]
+        if not scored:
+            return None
+        return (max if self.maximize else min)(scored, key=lambda r: r.objectives[0])
+
+    # ------------------------------------------------------------------ proposing
+    def next_job(self) -> Job | None:
+        """The next candidate to train, recording duplicates and rejections on the way; None when
+        nothing more should start."""
+        while self.can_start():
+            trial, origin = self.strategy.ask(self.study)
+            arch = suggest(trial, self.space)
+            previous = self.by_id.get(arch.id)
+            if previous is not None:
+                self._record(trial, arch, origin, reused=previous)
+                continue
+            rejection = self._rejection(arch)
+            if rejection is not None:
+                reason, costs = rejection
+                self._record(trial, arch, origin, status="rejected", reason=reason, costs=costs)
+                continue
+            job = Job(
+                number=trial.number,
+                arch=arch.text,
+                task=self.task.spec,
+                d_model=self.config.d_model,
+                layers=self.config.layers,
+                budget=self.config.trial_budget,
+                time_limit=self.config.time_limit,
+                seed=self.config.seed,
+                eval_every=self.config.eval_interval,
+                weights=str(self.folder.weights_path(trial.number)),
+                started=time.monotonic(),
+            )
+            trial.set_user_attr("origin", origin)
+            self.running[job.number] = (job, trial)
+            return job
+        return None
+
+    def _rejection(self, arch: Arch) -> tuple[str, dict[str, float]] | None:
+        """Cheap constraints, checked on a built (untrained) model."""
+        if self.config.max_params is None and self.config.max_flops is None:
+            return None
+        try:
+            model = self.task.model(arch, self.config.d_model, self.config.layers)
+        except Exception:  # noqa: BLE001 - a build error is the trainer's to report
+            return None
+        cost = measure(model, self.task.tokens).as_dict()
+        if self.config.max_params is not None and cost["params"] > self.config.max_params:
+            return f"params {cost['params']:,} > max {self.config.max_params:,}", cost
+        if self.config.max_flops is not None and cost["flops_per_token"] > self.config.max_flops:
+            return f"FLOPs/token {cost['flops_per_token']:,.0f} > max {self.config.max_flops:,.0f}", cost
+        return None
+
+    # ------------------------------------------------------------------ finishing
+    def finish(self, job: Job, outcome: dict[str, Any] | None, error: str | None = None) -> TrialRecord:
+        """Record a job's outcome: a TrainResult dict, or None with `error` (a crashed worker,
+        or a trial the scheduler stopped before it reported a final result)."""
+        _, trial = self.running.pop(job.number)
+        arch = resolve(job.arch)
+        if outcome is None:
+            status = "stopped" if error == "stopped" else "failed"
+            return self._record(trial, arch, trial.user_attrs.get("origin", ""), status=status, reason=error, started=job.started)
+        result = TrainResult.from_dict(outcome)
+        status = "stopped" if result.reason == "stopped" else result.status
+        return self._record(
+            trial,
+            arch,
+            trial.user_attrs.get("origin", ""),
+            status=status,
+            reason=None if status == "stopped" else result.reason,
+            metrics=result.metrics,
+            costs=result.costs or {},
+            steps=result.steps,
+            seconds=result.seconds,
+            detail=result.detail,
+            started=job.started,
+        )
+
+    def _objectives(self, metrics: dict[str, float], costs: dict[str, Any]) -> tuple[float, ...] | None:
+        value = metrics.get(f"val/{self.task.metric}")
+        if value is None or not math.isfinite(value):
+            return None
+        return (value,) + tuple(float(costs[COST_KEYS[o]]) for o in self.config.objectives[1:])
+
+    def _record(
+        self,
+        trial: optuna.Trial,
+        arch: Arch,
+        origin: str,
+        status: str = "ok",
+        reason: str | None = None,
+        metrics: dict[str, float] | None = None,
+        costs: dict[str, Any] | None = None,
+        steps: int = 0,
+        seconds: float = 0.0,
+        detail: str = "",
+        started: float | None = None,
+        reused: TrialRecord | None = None,
+    ) -> TrialRecord:
+        if reused is not None:
+            status, reason, metrics, costs = reused.status, reused.reason, reused.metrics, reused.costs
+            objectives = reused.objectives
+        else:
+            metrics, costs = metrics or {}, costs or {}
+            objectives = self._objectives(metrics, costs) if status in ("ok", "stopped") else None
+        record = TrialRecord(
+            number=trial.number,
+            arch=arch.text,
+            id=arch.id,
+            status=status,
+            reason=reason,
+            objectives=objectives if status == "ok" else None,
+            metrics=metrics,
+            costs=costs,
+            steps=steps,
+            seconds=seconds,
+            wall=0.0 if started is None else time.monotonic() - started,
+            finished_at=self.elapsed,
+            reused_from=None if reused is None else reused.number,
+            origin=origin,
+        )
+        for key, value in (("arch", record.arch), ("id", record.id), ("status", status), ("reason", reason),
+                           ("detail", detail), ("metrics", json.dumps(metrics)), ("costs", json.dumps(costs)),
+                           ("origin", origin), ("reused_from", record.reused_from)):  # fmt: skip
+            trial.set_user_attr(key, value)
+        if record.objectives is not None:
+            self.study.tell(trial, list(record.objectives))
+        else:
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED if status == "stopped" else optuna.trial.TrialState.FAIL)
+        self.folder.append(record)
+        self.records.append(record)
+        if reused is None and status in ("ok", "failed"):
+            self.by_id[record.id] = record
+        self.strategy.observe(record)
+        self._keep_best_weights()
+        return record
+
+    def _keep_best_weights(self) -> None:
+        """Weights of the `keep_weights` best trials stay; the best also goes to best/."""
+        scored = sorted(
+            (r for r in self.records if r.status == "ok" and r.objectives and r.reused_from is None),
+            key=lambda r: r.objectives[0],
+            reverse=self.maximize,
+        )
+        keep = {r.number for r in scored[: self.config.keep_weights]}
+        for r in scored[self.config.keep_weights :]:
+            self.folder.weights_path(r.number).unlink(missing_ok=True)
+        for r in self.records:
+            if r.status != "ok" and r.number not in keep:
+                self.folder.weights_path(r.number).unlink(missing_ok=True)
+        if scored:
+            best = scored[0]
+            best_dir = self.folder.path / "best"
+            best_dir.mkdir(exist_ok=True)
+            (best_dir / "arch.txt").write_text(best.arch + "\n")
+            (best_dir / "trial.json").write_text(best.to_json() + "\n")
+            weights = self.folder.weights_path(best.number)
+            if weights.exists():
+                (best_dir / "weights.safetensors").write_bytes(weights.read_bytes())
+
+    def _fail_stale_trials(self) -> None:
+        """Trials left running by an interrupted session are closed as failed (they are re-proposed,
+        never half-counted)."""
+        for frozen in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+
+    def interrupt(self) -> None:
+        """Close the trials still running as failed in the study; trials.jsonl keeps only finished ones."""
+        for _, trial in self.running.values():
+            trial.set_user_attr("reason", "interrupted")
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self.running.clear()
+
+
+def new_run_folder(root: str | Path = "runs") -> RunFolder:
+    """runs/<date>-<time>[-n]: a fresh, dated run folder name."""
+    stamp = time.strftime("%Y-%m-%d-%H%M%S")
+    path, n = Path(root) / stamp, 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{stamp}-{n}"
+    return RunFolder(path)
+
+

@@ -1,0 +1,151 @@
+"""Search strategies: what to try next, learned from what finished.
+
+A strategy only proposes architectures and observes results; it knows nothing about execution
+(inline or Ray) or storage.  Every proposal becomes an Optuna trial: `propose` returns an asked
+trial whose grammar decisions (`einsearch.grammar.suggest`) derive the architecture, so every
+strategy's trials are recorded the same way and `optuna-dashboard` shows them all.
+
+* `random`: independent samples from the space's PCFG.
+* `evolution`: regularised evolution (Real et al. 2019): the population is the `population`
+  most recent successful trials (age-based removal); a child is a mutation of the winner of a
+  tournament of `tournament` random members or, with probability `crossover`, the crossover of
+  two winners.  The first children are the `--seed-arch` seeds and their mutations.
+* `tpe`, `nsga2`: Optuna's samplers over the define-by-run encoding of the grammar.
+
+Strategy state is a function of the finished trials, so a resumed run rebuilds it by replaying
+`trials.jsonl` through `observe`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+
+from einsearch.arch import Arch
+from einsearch.grammar import Space, crossover, mutate, parse, sample, to_params
+from einsearch.search.record import TrialRecord
+
+
+@dataclass(frozen=True)
+class Proposal:
+    arch: Arch | None  # None: let the Optuna sampler derive it
+    origin: str
+
+
+class Strategy:
+    name = "base"
+
+    def __init__(self, space: Space, seed: int):
+        self.space, self.seed = space, seed
+        self.rng = np.random.default_rng(seed)
+        self.proposed = 0
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        """The Optuna sampler of the study. Strategies that choose architectures themselves
+        enqueue every decision, so the sampler never decides anything for them."""
+        return optuna.samplers.RandomSampler(seed=seed)
+
+    def propose(self) -> Proposal:
+        raise NotImplementedError
+
+    def ask(self, study: optuna.Study) -> tuple[optuna.Trial, str]:
+        """An asked Optuna trial whose decisions encode the next architecture, and its origin."""
+        proposal = self.propose()
+        if proposal.arch is not None:
+            study.enqueue_trial(to_params(proposal.arch, self.space))
+        return study.ask(), proposal.origin
+
+    def observe(self, record: TrialRecord) -> None:
+        """Learn from a finished trial (called in finishing order)."""
+
+    def replay(self, records: list[TrialRecord]) -> None:
+        """Rebuild the state of a resumed run from its finished trials."""
+        for record in records:
+            self.observe(record)
+        self.proposed = len(records)
+        self.rng = np.random.default_rng([self.seed, len(records)])  # fresh draws, not a repeat
+
+
+class RandomSearch(Strategy):
+    name = "random"
+
+    def propose(self) -> Proposal:
+        return Proposal(sample(self.space, self.rng), "sample")
+
+
+class Evolution(Strategy):
+    name = "evolution"
+
+    def __init__(
+        self,
+        space: Space,
+        seed: int,
+        seeds: tuple[Arch, ...] = (),
+        population: int = 16,
+        tournament: int = 4,
+        crossover: float = 0.2,
+        maximize: bool = True,
+    ):
+        super().__init__(space, seed)
+        self.seeds, self.size, self.tournament = seeds, population, tournament
+        self.crossover_rate, self.maximize = crossover, maximize
+        self.population: deque[tuple[Arch, float]] = deque(maxlen=population)
+
+    def propose(self) -> Proposal:
+        self.proposed += 1
+        if self.proposed <= len(self.seeds):
+            return Proposal(self.seeds[self.proposed - 1], "seed")
+        if len(self.population) < min(self.size, 2):  # still filling: seeds' mutations, else samples
+            if self.seeds:
+                parent = self.seeds[int(self.rng.integers(len(self.seeds)))]
+                return Proposal(mutate(parent, self.space, self.rng), "mutation")
+            return Proposal(sample(self.space, self.rng), "sample")
+        if self.rng.random() < self.crossover_rate:
+            a, b = self._winner(), self._winner()
+            return Proposal(crossover(a, b, self.space, self.rng), "crossover")
+        return Proposal(mutate(self._winner(), self.space, self.rng), "mutation")
+
+    def _winner(self) -> Arch:
+        members = list(self.population)
+        picks = self.rng.choice(len(members), size=min(self.tournament, len(members)), replace=False)
+        best = (max if self.maximize else min)(picks, key=lambda i: members[i][1])
+        return members[best][0]
+
+    def observe(self, record: TrialRecord) -> None:
+        if record.status == "ok" and record.objectives:
+            self.population.append((parse(record.arch), record.objectives[0]))
+
+
+class OptunaStrategy(Strategy):
+    """TPE or NSGA-II: the study's sampler makes every grammar decision."""
+
+    def __init__(self, space: Space, seed: int, kind: str, seeds: tuple[Arch, ...] = ()):
+        super().__init__(space, seed)
+        self.name, self.seeds = kind, seeds
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    def propose(self) -> Proposal:
+        self.proposed += 1
+        if self.proposed <= len(self.seeds):
+            return Proposal(self.seeds[self.proposed - 1], "seed")
+        return Proposal(None, "optuna")
+
+
+STRATEGIES = ("random", "evolution", "tpe", "nsga2")
+
+
+def make_strategy(name: str, space: Space, seed: int, seeds: tuple[Arch, ...], maximize: bool) -> Strategy:
+    if name == "random":
+        return RandomSearch(space, seed)
+    if name == "evolution":
+        return Evolution(space, seed, seeds=seeds, maximize=maximize)
+    if name in ("tpe", "nsga2"):
+        return OptunaStrategy(space, seed, name, seeds=seeds)
+    raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")

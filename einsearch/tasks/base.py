@@ -1,0 +1,227 @@
+"""The task interface: data splits, a model shell, a loss, metrics and a default budget.
+
+A task is a frozen dataclass whose fields are its options, so a task is addressed by text
+(``mqar:vocab=256,seq_len=64,pairs=8``, see `einsearch.tasks.registry`) and is hashable.  It
+supplies
+
+* ``data()`` -> `Splits` (train / val / test), generated deterministically from the task's
+  ``seed`` option and cached (in the process, and on disk for generated data, see `cache`);
+* ``model(arch, d_model, layers)`` -> a `Shell` around L independently built copies of the block;
+* ``loss(model, batch)`` -> scalar training loss on a batch drawn by ``train.sample``;
+* ``evaluate(model, split)`` -> ``{metric: value}`` on a whole validation or test split;
+* class attributes: the primary ``metric`` and whether it is maximised (``mode``), the default
+  ``budget``, ``batch_size`` and peak ``lr`` for the trainer.
+
+All task-side problems (bad options, unreadable or malformed files) raise `TaskError`, whose
+message is one line meant for the user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor
+
+from einsearch.arch import Arch
+
+
+class TaskError(ValueError):
+    """A task cannot be set up: unknown name or option, missing or malformed data, bad sizes."""
+
+
+# ---------------------------------------------------------------------------------------------
+# budgets
+
+_BUDGET_PART = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(steps?|s|sec|m|min|h)?\s*$")
+_SECONDS_PER_UNIT = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to train: a number of optimiser steps, a wall-clock time in seconds, or both
+    (training stops at whichever comes first)."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.seconds is None:
+            raise ValueError("a budget needs steps, seconds or both")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"budget steps must be at least 1, got {self.steps}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"budget seconds must be positive, got {self.seconds}")
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """``"60s"``, ``"2m"``, ``"1.5h"``, ``"500steps"`` (or a bare ``"500"``), or two of them
+        joined by a comma or plus: ``"500steps,2m"``."""
+        steps, seconds = None, None
+        parts = [p for p in re.split(r"[,+]", text) if p.strip()]
+        if not parts:
+            raise ValueError(f"empty budget {text!r}")
+        for part in parts:
+            match = _BUDGET_PART.match(part)
+            if match is None:
+                raise ValueError(f"cannot read budget {text!r}: use e.g. 60s, 2m, 1h, 500steps or 500steps,2m")
+            number, unit = match.groups()
+            if unit is None or unit.startswith("step"):
+                if float(number) != int(float(number)):
+                    raise ValueError(f"budget steps must be a whole number, got {part.strip()!r}")
+                steps = int(float(number))
+            else:
+                seconds = float(number) * _SECONDS_PER_UNIT[unit]
+        return cls(steps=steps, seconds=seconds)
+
+    def __str__(self) -> str:
+        parts = [f"{self.steps}steps"] if self.steps is not None else []
+        if self.seconds is not None:
+            parts.append(f"{self.seconds:g}s")
+        return ",".join(parts)
+
+    def progress(self, steps: int, seconds: float) -> float:
+        """Fraction of the budget used, in [0, 1]: the larger of the step and time fractions."""
+        fractions = []
+        if self.steps is not None:
+            fractions.append(steps / self.steps)
+        if self.seconds is not None:
+            fractions.append(seconds / self.seconds)
+        return min(1.0, max(fractions))
+
+    def split(self, parts: int) -> Budget:
+        """An equal share of this budget (for suites that train one model per member task)."""
+        return Budget(
+            steps=None if self.steps is None else max(1, self.steps // parts),
+            seconds=None if self.seconds is None else self.seconds / parts,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# data splits
+
+
+class Split(Protocol):
+    """What the trainer needs from a split: random training batches and, for evaluation, a fixed
+    sequence of batches covering the split."""
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]: ...
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, ...]]: ...
+
+
+class Examples:
+    """A fixed set of examples: tensors that share their first dimension (e.g. inputs, targets)."""
+
+    def __init__(self, *tensors: Tensor):
+        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+            raise ValueError("Examples needs tensors with the same first dimension")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        index = torch.randint(len(self), (batch_size,), generator=generator)
+        return tuple(t[index] for t in self.tensors)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, ...]]:
+        for start in range(0, len(self), batch_size):
+            yield tuple(t[start : start + batch_size] for t in self.tensors)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks
+
+
+def option(default: Any, help: str) -> Any:
+    """A task option: a dataclass field with a default and a one-line description."""
+    return field(default=default, metadata={"help": help})
+
+
+class Task(ABC):
+    """Base class of all tasks; concrete tasks are ``@dataclass(frozen=True)`` subclasses whose
+    fields are their options."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    metric: ClassVar[str]  # the primary metric reported by `evaluate`
+    mode: ClassVar[str]  # "max" or "min": which direction of `metric` is better
+    budget: ClassVar[Budget]
+    batch_size: ClassVar[int]
+    lr: ClassVar[float]
+    positional: ClassVar[str | None] = None  # the option a bare value after "name:" sets (e.g. a path)
+
+    @property
+    def spec(self) -> str:
+        """Canonical text of this task: the name and every option that differs from its default (a
+        positional option, such as a path, comes first, as a bare value)."""
+        changed = [
+            str(value) if f.name == self.positional else f"{f.name}={value}"
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if (value := getattr(self, f.name)) != f.default
+        ]
+        return self.name + (":" + ",".join(changed) if changed else "")
+
+    @property
+    @abstractmethod
+    def tokens(self) -> int:
+        """Sequence length the blocks see per example (the length at which costs are reported)."""
+
+    def data(self) -> Splits:
+        """The train / val / test splits (built once per process; see `make_data`)."""
+        return _data(self)
+
+    @abstractmethod
+    def make_data(self) -> Splits:
+        """Build the splits; called once per process by `data`."""
+
+    @abstractmethod
+    def model(self, arch: Arch, d_model: int, layers: int) -> torch.nn.Module:
+        """A model shell around `layers` independently built copies of `arch`."""
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        """Scalar training loss on one batch from ``data().train.sample``."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, split: Any) -> dict[str, float]:
+        """Metrics on a whole split (model in eval mode, no gradients: the caller sees to it)."""
+
+    def info(self) -> dict[str, Any]:
+        """Facts about the data worth recording with a result (e.g. a corpus hash)."""
+        return {}
+
+
+@lru_cache(maxsize=4)
+def _data(task: Task) -> Splits:
+    """One small in-process cache, so that repeated trainings on a task reuse its data."""
+    with torch.no_grad():
+        return task.make_data()
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise TaskError(f"option {name} must be positive, got {value}")

@@ -1,0 +1,164 @@
+"""Byte-level language modelling on a text file or folder, scored in bits per byte.
+
+The corpus is the bytes of one file, or of every file under a folder (recursively, hidden files
+and folders skipped) concatenated in sorted order of their relative paths.  Without a path it is
+the Python standard library's own source, present on every machine: every ``*.py`` file under
+``sysconfig.get_paths()["stdlib"]`` outside test folders (``test``, ``tests``, ``idle_test``)
+and installed packages (``site-packages``, ``dist-packages``).  The corpus's SHA-256 (over each
+file's relative path and bytes, in order), file count and size are recorded in `info`, so results
+on different machines can be told apart when their standard libraries differ.
+
+Splits are contiguous: the first 90 % of the bytes train, the next 5 % validate, the last 5 %
+test.  Training windows start at random offsets; evaluation scores the first ``eval_bytes`` bytes
+of a split in consecutive windows of ``seq_len`` (every position of every window is scored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from einsearch.arch import Arch
+from einsearch.tasks.base import Budget, Splits, Task, TaskError, model_device, option
+from einsearch.tasks.shell import LanguageModel, build_blocks
+
+SKIPPED_FOLDERS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+TRAIN_FRACTION, VAL_FRACTION = 0.90, 0.05
+
+
+def stdlib_files() -> list[Path]:
+    """The default corpus's files: the standard library's ``*.py`` outside tests and packages."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(
+        (p for p in root.rglob("*.py") if not SKIPPED_FOLDERS & set(p.relative_to(root).parts[:-1]) and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+
+
+def folder_files(root: Path) -> list[Path]:
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+@dataclass(frozen=True)
+class Corpus:
+    data: bytes
+    files: int
+    sha256: str
+    source: str
+
+
+@lru_cache(maxsize=2)
+def read_corpus(path: str) -> Corpus:
+    """The corpus named by `path` ("" for the standard library's source)."""
+    if path:
+        root = Path(path).expanduser()
+        if not root.exists():
+            raise TaskError(f"lm: no such file or folder: {path}")
+        files = [root] if root.is_file() else folder_files(root)
+        base = root.parent if root.is_file() else root
+    else:
+        base = Path(sysconfig.get_paths()["stdlib"])
+        files = stdlib_files()
+    digest = hashlib.sha256()
+    parts = []
+    for file in files:
+        content = file.read_bytes()
+        digest.update(file.relative_to(base).as_posix().encode() + b"\0" + content + b"\0")
+        parts.append(content)
+    data = b"".join(parts)
+    if not data:
+        raise TaskError(f"lm: the corpus {path or base} is empty")
+    return Corpus(data=data, files=len(files), sha256=digest.hexdigest(), source=str(Path(path).expanduser() if path else base))
+
+
+class Stream:
+    """A byte stream: random training windows; fixed consecutive windows for evaluation."""
+
+    def __init__(self, data: Tensor, seq_len: int, eval_bytes: int):
+        self.data, self.seq_len, self.eval_bytes = data, seq_len, eval_bytes
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        starts = torch.randint(len(self.data) - self.seq_len, (batch_size,), generator=generator)
+        offsets = starts[:, None] + torch.arange(self.seq_len + 1)  # (B, T+1)
+        window = self.data[offsets]
+        return window[:, :-1], window[:, 1:]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        windows = min(self.eval_bytes, len(self.data) - 1) // self.seq_len
+        starts = torch.arange(windows) * self.seq_len
+        for first in range(0, windows, batch_size):
+            offsets = starts[first : first + batch_size, None] + torch.arange(self.seq_len + 1)
+            window = self.data[offsets]
+            yield window[:, :-1], window[:, 1:]
+
+
+@dataclass(frozen=True)
+class LM(Task):
+    name: ClassVar[str] = "lm"
+    summary: ClassVar[str] = "byte-level language modelling in bits per byte (default corpus: Python's stdlib source)"
+    metric: ClassVar[str] = "bpb"
+    mode: ClassVar[str] = "min"
+    budget: ClassVar[Budget] = Budget(seconds=300)
+    batch_size: ClassVar[int] = 16
+    lr: ClassVar[float] = 2e-3
+    positional: ClassVar[str | None] = "path"
+
+    path: str = option("", "text file or folder (empty: the Python standard library's source)")
+    seq_len: int = option(256, "bytes per training window")
+    eval_bytes: int = option(65_536, "bytes scored per evaluation of a split")
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1 or self.eval_bytes < 1:
+            raise TaskError(f"lm: seq_len and eval_bytes must be positive, got {self.seq_len}, {self.eval_bytes}")
+
+    @property
+    def tokens(self) -> int:
+        return self.seq_len
+
+    def make_data(self) -> Splits:
+        corpus = read_corpus(self.path)
+        data = torch.frombuffer(bytearray(corpus.data), dtype=torch.uint8)
+        n = len(data)
+        train_end, val_end = int(n * TRAIN_FRACTION), int(n * (TRAIN_FRACTION + VAL_FRACTION))
+        if min(val_end - train_end, n - val_end) < self.seq_len + 1:
+            raise TaskError(
+                f"lm: the corpus has {n} bytes, too short for validation and test windows of seq_len+1 = "
+                f"{self.seq_len + 1} bytes (5 % of the corpus each)"
+            )
+        return Splits(*(Stream(part, self.seq_len, self.eval_bytes) for part in (data[:train_end], data[train_end:val_end], data[val_end:])))
+
+    def model(self, arch: Arch, d_model: int, layers: int) -> nn.Module:
+        return LanguageModel(build_blocks(arch, d_model, layers), d_model, 256)
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        inputs, targets = batch
+        logits = model(inputs.long())
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().long())
+
+    def evaluate(self, model: nn.Module, split: Stream) -> dict[str, float]:
+        device = model_device(model)
+        total, count = 0.0, 0
+        for inputs, targets in split.batches(32):
+            logits = model(inputs.to(device).long()).float()
+            total += F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten().long(), reduction="sum").item()
+            count += targets.numel()
+        return {"loss": total / count, "bpb": total / count / math.log(2)}
+
+    def info(self) -> dict[str, object]:
+        corpus = read_corpus(self.path)
+        return {"corpus": corpus.source, "files": corpus.files, "bytes": len(corpus.data), "sha256": corpus.sha256}

@@ -1,0 +1,195 @@
+"""Long-horizon forecasting on a CSV file in the layout of the standard benchmarks (ETT, Weather,
+Electricity, Traffic; Zhou et al. 2021 "Informer", Wu et al. 2021 "Autoformer"): a header row,
+a date column first, then one numeric column per channel, one row per time step.
+
+Splits follow the reference data loaders of those papers:
+
+* ETT files (name starting ``ETTh`` or ``ETTm``): 12 / 4 / 4 months of 30 days: rows
+  [0, 12M), [12M, 16M), [16M, 20M) with M = 720 rows per month for hourly ``ETTh`` files
+  (8640 / 2880 / 2880 rows) and 2880 for 15-minute ``ETTm`` files;
+* any other file: 70 % / 10 % / 20 % of the rows, the test part taken from the end.
+
+The validation and test windows may start ``lookback`` rows before their part, so that their
+first forecast is of the part's first row.  Every channel is standardised with the mean and
+standard deviation of the training rows; MSE and MAE are reported on standardised values over
+every window (stride 1) of the split.  The model (`shell.WindowModel`) reads ``lookback`` rows
+(cut into patches of ``patch`` rows) and forecasts the next ``horizon`` rows at once.
+
+Problems with the file raise `TaskError` with one clear line: missing file, no channels, a
+non-numeric cell (column, row and value), a missing value / NaN (its row), too few rows for the
+splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from einsearch.arch import Arch
+from einsearch.tasks.base import Budget, Splits, Task, TaskError, model_device, option
+from einsearch.tasks.shell import WindowModel, build_blocks
+
+ROWS_PER_MONTH = {"ETTh": 30 * 24, "ETTm": 30 * 24 * 4}
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: tuple[str, ...]  # the channel names (the date column excluded)
+    values: np.ndarray  # (rows, channels) float64
+
+
+def read_table(path: str) -> Table:
+    """Read a CSV in benchmark layout; every problem is a `TaskError` naming the file.  Kept in
+    memory while the file is unchanged (same size and modification time)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise TaskError(f"csv: no such file: {path}")
+    stat = file.stat()
+    return _read_table(str(file), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4)
+def _read_table(path: str, size: int, modified: int) -> Table:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise TaskError(f"csv: {path} is empty")
+        if len(header) < 2:
+            raise TaskError(f"csv: {path} needs a date column and at least one channel, found columns {header}")
+        columns = tuple(name.strip() for name in header[1:])
+        rows = []
+        for line, row in enumerate(reader, start=2):  # line numbers as an editor shows them
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise TaskError(f"csv: {path} row {line} has {len(row)} cells, the header has {len(header)}")
+            values = []
+            for name, cell in zip(columns, row[1:]):
+                text = cell.strip()
+                if text == "" or text.lower() in ("nan", "na", "null", "none"):
+                    raise TaskError(f"csv: {path} row {line}: missing value (NaN) in column {name!r}")
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise TaskError(f"csv: {path} row {line}: column {name!r} is not numeric ({text!r})") from None
+                if not math.isfinite(value):
+                    raise TaskError(f"csv: {path} row {line}: non-finite value {text!r} in column {name!r}")
+                values.append(value)
+            rows.append(values)
+    if not rows:
+        raise TaskError(f"csv: {path} has a header but no rows")
+    return Table(columns=columns, values=np.array(rows, dtype=np.float64))
+
+
+def split_borders(name: str, rows: int, lookback: int) -> list[tuple[int, int]]:
+    """(start, end) rows of train / val / test; val and test start `lookback` rows early."""
+    per_month = next((n for prefix, n in ROWS_PER_MONTH.items() if name.startswith(prefix)), None)
+    if per_month is not None:
+        train_end, val_end, test_end = 12 * per_month, 16 * per_month, 20 * per_month
+        if rows < test_end:
+            raise TaskError(f"csv: {name} is an ETT file but has {rows} rows, fewer than the 20 months ({test_end} rows) its splits need")
+    else:
+        n_train, n_test = int(rows * 0.7), int(rows * 0.2)
+        train_end, val_end, test_end = n_train, rows - n_test, rows
+    return [(0, train_end), (train_end - lookback, val_end), (val_end - lookback, test_end)]
+
+
+class Windows:
+    """All (lookback, horizon) windows of a standardised series (T, C), stride 1."""
+
+    def __init__(self, series: Tensor, lookback: int, horizon: int):
+        self.series, self.lookback, self.horizon = series, lookback, horizon
+        self.count = len(series) - lookback - horizon + 1
+
+    def _windows(self, starts: Tensor) -> tuple[Tensor, Tensor]:
+        past = self.series[starts[:, None] + torch.arange(self.lookback)]  # (B, lookback, C)
+        future = self.series[starts[:, None] + self.lookback + torch.arange(self.horizon)]  # (B, horizon, C)
+        return past, future
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return self._windows(torch.randint(self.count, (batch_size,), generator=generator))
+
+    def batches(self, batch_size: int):
+        for first in range(0, self.count, batch_size):
+            yield self._windows(torch.arange(first, min(first + batch_size, self.count)))
+
+
+@dataclass(frozen=True)
+class CSVSeries(Task):
+    name: ClassVar[str] = "csv"
+    summary: ClassVar[str] = "long-horizon forecasting on a CSV in ETT layout (standardised MSE/MAE)"
+    metric: ClassVar[str] = "mse"
+    mode: ClassVar[str] = "min"
+    budget: ClassVar[Budget] = Budget(seconds=300)
+    batch_size: ClassVar[int] = 32
+    lr: ClassVar[float] = 1e-3
+    positional: ClassVar[str | None] = "path"
+
+    path: str = option("", "the CSV file (required)")
+    lookback: int = option(96, "rows the model reads")
+    horizon: int = option(96, "rows forecast at once (the benchmarks use 96, 192, 336, 720)")
+    patch: int = option(1, "rows per input token (must divide lookback)")
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise TaskError("csv: give the file, e.g. csv:data/ETTh1.csv,horizon=96")
+        if self.lookback < 1 or self.horizon < 1:
+            raise TaskError(f"csv: lookback and horizon must be positive, got {self.lookback}, {self.horizon}")
+        if self.patch < 1 or self.lookback % self.patch:
+            raise TaskError(f"csv: patch ({self.patch}) must divide lookback ({self.lookback})")
+
+    @property
+    def tokens(self) -> int:
+        return self.lookback // self.patch
+
+    def table(self) -> Table:
+        return read_table(self.path)
+
+    def make_data(self) -> Splits:
+        table = self.table()
+        rows = len(table.values)
+        borders = split_borders(Path(self.path).name, rows, self.lookback)
+        need = self.lookback + self.horizon
+        for split, (start, end) in zip(("train", "validation", "test"), borders):
+            if start < 0 or end - start < need:
+                raise TaskError(
+                    f"csv: {self.path} has {rows} rows: its {split} part has {max(0, end - max(start, 0))} rows, "
+                    f"fewer than lookback + horizon = {need}"
+                )
+        train = table.values[borders[0][0] : borders[0][1]]
+        mean, std = train.mean(axis=0), train.std(axis=0)
+        std = np.where(std > 0, std, 1.0)  # a constant training channel stays as it is, centred
+        series = torch.from_numpy((table.values - mean) / std).float()
+        return Splits(*(Windows(series[a:b], self.lookback, self.horizon) for a, b in borders))
+
+    def model(self, arch: Arch, d_model: int, layers: int) -> nn.Module:
+        channels = len(self.table().columns)
+        return WindowModel(build_blocks(arch, d_model, layers), d_model, channels, self.patch, self.horizon)
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        past, future = batch
+        return (model(past) - future).pow(2).mean()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: Windows) -> dict[str, float]:
+        device = model_device(model)
+        squared, absolute, count = 0.0, 0.0, 0
+        for past, future in split.batches(256):
+            error = model(past.to(device)).float() - future.to(device)
+            squared += error.pow(2).sum().item()
+            absolute += error.abs().sum().item()
+            count += error.numel()
+        return {"mse": squared / count, "mae": absolute / count}
+
+    def info(self) -> dict[str, object]:
+        table = self.table()
+        return {"file": str(Path(self.path).expanduser()), "rows": len(table.values), "channels": len(table.columns)}

@@ -1,0 +1,347 @@
+"""Train one architecture on one task within a budget, and report honest metrics or a clear failure.
+
+    result = train("transformer", "mqar:vocab=256,seq_len=64,pairs=8", TrainConfig(budget=Budget.parse("60s")))
+    result.status, result.reason, result.metrics["test/accuracy"], result.costs
+
+Recipe: AdamW (decoupled weight decay on matrices only), a learning rate that warms up linearly
+over the first ``warmup`` fraction of the budget and then follows a cosine down to
+``min_lr_ratio`` of its peak (the budget fraction is the larger of the step and the time
+fraction, so the schedule also fits a budget in seconds), gradient-norm clipping, and fixed
+seeds: the task's ``seed`` option fixes the data, ``TrainConfig.seed`` the initialisation and the
+order of training batches.  Torch runs on ``threads`` threads (one by default: parallel
+candidates run as processes).
+
+At the end the model is evaluated on the validation and the test split (``val/<metric>``,
+``test/<metric>``); with ``eval_every`` and a ``callback``, the validation split is also evaluated
+every ``eval_every`` steps and the callback may stop training early (a search's pruning).
+
+`train` never raises because of the candidate: a failure is a `TrainResult` with
+``status="failed"`` and a ``reason``:
+
+* ``build_error``: the architecture cannot be parsed or built (`BuildError` or any exception
+  while building the model);
+* ``nan``: a non-finite loss, gradient norm or final metric;
+* ``diverged``: the running training loss grew above ``diverge_factor`` times its first value;
+* ``oom``: out of memory (`torch.OutOfMemoryError`, a RuntimeError saying "out of memory",
+  `MemoryError`);
+* ``timeout``: the whole run (building, training, evaluation) passed ``time_limit`` seconds;
+* ``error``: any other exception raised by the model while training or evaluating.
+
+Problems with the task itself (unknown name, a missing data file) are the caller's and raise
+`TaskError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from einsearch.arch import Arch
+from einsearch.costs import costs as measure_costs
+from einsearch.grammar.seeds import resolve
+from einsearch.tasks.base import Budget, Task
+from einsearch.tasks.mad import MAD
+from einsearch.tasks.registry import get_task
+
+__all__ = ["Budget", "StepInfo", "TrainConfig", "TrainResult", "train"]
+
+OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; fields left at None take the task's defaults (budget, batch size, lr)."""
+
+    d_model: int = 64
+    layers: int = 2
+    budget: Budget | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup: float = 0.05  # fraction of the budget
+    min_lr_ratio: float = 0.1  # the cosine ends at this fraction of the peak learning rate
+    clip: float = 1.0  # largest gradient norm
+    seed: int = 0  # initialisation and batch order
+    eval_every: int | None = None  # steps between validation evaluations passed to `callback`
+    time_limit: float | None = None  # seconds for the whole run; None: 1.5 × a time budget + 60 s
+    diverge_factor: float = 100.0
+    threads: int | None = 1  # torch threads; None leaves torch's setting alone
+    device: str = "cpu"
+    weights_path: str | None = None  # where to save the trained weights (safetensors) of a run that ends ok
+
+    def limit(self, budget: Budget) -> float | None:
+        if self.time_limit is not None:
+            return self.time_limit
+        return None if budget.seconds is None else 1.5 * budget.seconds + 60.0
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Passed to a `progress` callable after each optimiser step."""
+
+    step: int
+    fraction: float  # of the budget used
+    loss: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: str  # "ok" or "failed"
+    reason: str | None  # None when ok (or "stopped" by the callback); a failure kind otherwise
+    metrics: dict[str, float]
+    costs: dict[str, Any] | None
+    steps: int
+    seconds: float
+    task: str = ""
+    arch: str = ""
+    metric: str = ""  # the task's primary metric: compare results on f"val/{metric}"
+    mode: str = "max"
+    detail: str = ""  # the message behind a failure
+    info: dict[str, Any] = field(default_factory=dict)  # facts about the task's data
+    history: tuple[dict[str, float], ...] = ()  # validation metrics at each `eval_every`
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _finite_json(asdict(self))
+
+    def to_json(self) -> str:
+        """One JSON object; non-finite numbers become null."""
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
+        data = dict(data)
+        data["history"] = tuple(data.get("history", ()))
+        data["metrics"] = {k: (float("nan") if v is None else v) for k, v in data.get("metrics", {}).items()}
+        return cls(**data)
+
+
+def _finite_json(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+class Failure(Exception):
+    """Raised inside the trainer to end a run with a failure reason."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, (OutOfMemory, MemoryError)) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def learning_rate(peak: float, fraction: float, warmup: float, floor: float) -> float:
+    """Linear warm-up over [0, warmup), then a cosine from `peak` to `floor * peak` at fraction 1."""
+    if fraction < warmup:
+        return peak * max(fraction, 1e-3) / warmup
+    remaining = (fraction - warmup) / max(1e-12, 1.0 - warmup)
+    return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, remaining))))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (dim >= 2) only, not on gains, biases or embeddings."""
+    decay, keep, seen = [], [], set()
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:  # a shared tensor goes in one group, once
+                continue
+            seen.add(id(p))
+            (decay if p.dim() >= 2 and not isinstance(module, nn.Embedding) else keep).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=config.betas)
+
+
+def evaluate(task: Task, model: nn.Module, split: Any, started: float, limit: float | None) -> dict[str, float]:
+    """The task's metrics on one split, checked for finiteness and the time limit."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            metrics = task.evaluate(model, split)
+    finally:
+        model.train()
+    if limit is not None and time.perf_counter() - started > limit:
+        raise Failure("timeout", f"evaluation passed the time limit of {limit:g}s")
+    bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        raise Failure("nan", f"non-finite metric(s) {', '.join(bad)}")
+    return metrics
+
+
+def train(
+    arch: Arch | str,
+    task: Task | str,
+    config: TrainConfig = TrainConfig(),
+    *,
+    callback: Callable[[int, dict[str, float]], bool] | None = None,
+    progress: Callable[[StepInfo], None] | None = None,
+) -> TrainResult:
+    """Train `arch` (tree, text or seed name) on `task` (a `Task` or its text) under `config`.
+
+    `callback(step, val_metrics)` is called every `config.eval_every` steps and may return True
+    to stop training (the result then has ``reason="stopped"`` and only validation metrics).
+    `progress(StepInfo)` is called after every step (e.g. for a progress bar)."""
+    task = get_task(task)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if isinstance(task, MAD):
+        return _train_suite(arch, task, config, callback, progress)
+    return _train_one(arch, task, config, callback, progress)
+
+
+def _train_one(
+    arch: Arch | str,
+    task: Task,
+    config: TrainConfig,
+    callback: Callable[[int, dict[str, float]], bool] | None,
+    progress: Callable[[StepInfo], None] | None,
+) -> TrainResult:
+    started = time.perf_counter()
+    budget = config.budget or task.budget
+    limit = config.limit(budget)
+    arch_text = arch if isinstance(arch, str) else arch.text
+    outcome: dict[str, Any] = dict(
+        task=task.spec, arch=arch_text, metric=task.metric, mode=task.mode, costs=None, steps=0, metrics={}, history=()
+    )
+    splits = task.data()  # a TaskError here is the caller's problem, not the candidate's
+    outcome["info"] = task.info()
+
+    def finish(status: str, reason: str | None, detail: str = "") -> TrainResult:
+        return TrainResult(status=status, reason=reason, detail=detail, seconds=time.perf_counter() - started, **outcome)
+
+    # build
+    try:
+        tree = resolve(arch) if isinstance(arch, str) else arch
+        outcome["arch"] = tree.text
+        torch.manual_seed(config.seed)
+        model = task.model(tree, config.d_model, config.layers).to(config.device)
+        outcome["costs"] = measure_costs(model, task.tokens).as_dict()
+    except Exception as error:  # noqa: BLE001 - any failure to build is the candidate's
+        if is_out_of_memory(error):
+            return finish("failed", "oom", f"out of memory while building: {error}")
+        return finish("failed", "build_error", f"{type(error).__name__}: {error}")
+
+    # train
+    generator = torch.Generator().manual_seed(config.seed)
+    peak = config.lr if config.lr is not None else task.lr
+    batch_size = config.batch_size or task.batch_size
+    optimizer = make_optimizer(model, config, peak)
+    params = [p for p in model.parameters() if p.requires_grad]
+    history: list[dict[str, float]] = []
+    first_loss, running = None, None
+    train_started = time.perf_counter()
+    step = 0
+    try:
+        model.train()
+        while True:
+            now = time.perf_counter()
+            if limit is not None and now - started > limit:
+                raise Failure("timeout", f"training passed the time limit of {limit:g}s after {step} steps")
+            fraction = budget.progress(step, now - train_started)
+            if fraction >= 1.0:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(peak, fraction, config.warmup, config.min_lr_ratio)
+            batch = tuple(t.to(config.device) for t in splits.train.sample(batch_size, generator))
+            loss = task.loss(model, batch)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Failure("nan", f"non-finite training loss at step {step}")
+            first_loss = value if first_loss is None else first_loss
+            running = value if running is None else 0.9 * running + 0.1 * value
+            if running > config.diverge_factor * max(first_loss, 1e-8):
+                raise Failure("diverged", f"training loss {running:.3g} > {config.diverge_factor:g} × its first value {first_loss:.3g} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
+            if not math.isfinite(norm.item()):
+                raise Failure("nan", f"non-finite gradient norm at step {step}")
+            optimizer.step()
+            step += 1
+            outcome["steps"] = step
+            if progress is not None:
+                progress(StepInfo(step, budget.progress(step, time.perf_counter() - train_started), running, time.perf_counter() - started))
+            if config.eval_every and callback is not None and step % config.eval_every == 0:
+                val = evaluate(task, model, splits.val, started, limit)
+                history.append({"step": step, **val})
+                outcome["history"] = tuple(history)
+                if callback(step, val):
+                    outcome["metrics"] = {"train/loss": running, **{f"val/{k}": v for k, v in val.items()}}
+                    return finish("ok", "stopped")
+        val = evaluate(task, model, splits.val, started, limit)
+        test = evaluate(task, model, splits.test, started, limit)
+    except Failure as failure:
+        return finish("failed", failure.reason, failure.detail)
+    except Exception as error:  # noqa: BLE001 - the candidate's failure, reported, never raised
+        if is_out_of_memory(error):
+            return finish("failed", "oom", f"out of memory at step {step}: {error}")
+        return finish("failed", "error", f"{type(error).__name__} at step {step}: {error}")
+    outcome["metrics"] = {
+        "train/loss": running if running is not None else float("nan"),
+        **{f"val/{k}": v for k, v in val.items()},
+        **{f"test/{k}": v for k, v in test.items()},
+    }
+    if config.weights_path is not None:
+        save_weights(model, config.weights_path)
+    return finish("ok", None)
+
+
+def save_weights(model: nn.Module, path: str) -> None:
+    """The model's state dict as safetensors (tensors made contiguous and unshared, as the format requires)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, path)
+
+
+def _train_suite(
+    arch: Arch | str,
+    suite: MAD,
+    config: TrainConfig,
+    callback: Callable[[int, dict[str, float]], bool] | None,
+    progress: Callable[[StepInfo], None] | None,
+) -> TrainResult:
+    """One model per member on an equal share of the budget; metrics: each member's, prefixed by
+    its name, and the mean of the members' primary metric on val and test."""
+    members = suite.members
+    share = replace(config, budget=(config.budget or suite.budget).split(len(members)))
+    results = [_train_one(arch, member, share, callback, progress) for member in members]
+    seconds = sum(r.seconds for r in results)
+    steps = sum(r.steps for r in results)
+    first = results[0]
+    metrics: dict[str, float] = {}
+    for member, result in zip(members, results):
+        metrics.update({f"{member.name}/{k}": v for k, v in result.metrics.items()})
+    common = dict(task=suite.spec, arch=first.arch, metric=suite.metric, mode=suite.mode, costs=first.costs, steps=steps, seconds=seconds)
+    failed = next(((m, r) for m, r in zip(members, results) if not r.ok), None)
+    if failed is not None:
+        member, result = failed
+        return TrainResult(status="failed", reason=result.reason, detail=f"{member.name}: {result.detail}", metrics=metrics, **common)
+    for split in ("val", "test"):
+        values = [r.metrics.get(f"{split}/{suite.metric}") for r in results]
+        if all(v is not None for v in values):
+            metrics[f"{split}/{suite.metric}"] = sum(values) / len(values)
+    return TrainResult(status="ok", reason=None, metrics=metrics, **common)

@@ -1,0 +1,29 @@
+import os
+import pathlib
+
+import pytest
+
+from einsearch.search import RunConfig
+
+TINY_SPACE = str(pathlib.Path(__file__).parent.parent / "data" / "search" / "tiny.toml")
+TINY_TASK = "mqar:vocab=32,seq_len=16,pairs=2,train=256,val=32,test=32"
+
+
+def tiny_config(**changes) -> RunConfig:
+    base = dict(
+        task=TINY_TASK, space=TINY_SPACE, strategy="random", trials=4, trial_budget="3steps",
+        workers=2, executor="inline", d_model=16, layers=1, seed=0,
+    )  # fmt: skip
+    return RunConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray for the whole test session (starting one takes seconds)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _temp_dir=f"/tmp/einsearch-ray-test-{os.getpid()}")  # fmt: skip
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,163 @@
+"""The search end to end on a tiny task: strategies, failures, duplicates, constraints, resume,
+the Optuna record, report and export."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import optuna
+import pytest
+import torch
+
+import einsearch
+from einsearch.search import RunFolder, resume, start
+from einsearch.search.record import TrialRecord
+from tests.search.conftest import TINY_SPACE, TINY_TASK, tiny_config
+
+
+def run(tmp_path, name="run", **changes):
+    folder = RunFolder(tmp_path / name)
+    outcome = start(tiny_config(**changes), folder, live=False)
+    return outcome, folder
+
+
+def assert_consistent(folder: RunFolder, trials: int) -> list[TrialRecord]:
+    """trials.jsonl and the Optuna study agree, with `trials` distinct trial numbers."""
+    records = folder.trials()
+    numbers = [r.number for r in records]
+    assert len(records) == trials and len(set(numbers)) == trials
+    study = optuna.load_study(study_name=folder.path.name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder.journal_path))))  # fmt: skip
+    by_number = {t.number: t for t in study.trials}
+    for r in records:
+        frozen = by_number[r.number]
+        assert frozen.user_attrs["arch"] == r.arch and frozen.user_attrs["status"] == r.status
+        assert einsearch.parse(r.arch).id == r.id
+        if r.status == "ok":
+            assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.values[0] == r.objectives[0]
+    return records
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "nsga2"])
+def test_each_strategy_runs_inline(tmp_path, strategy):
+    objectives = ("metric", "params") if strategy == "nsga2" else ("metric",)
+    outcome, folder = run(tmp_path, strategy=strategy, trials=5, seed_archs=("res(conv(k=2))",), objectives=objectives)
+    assert outcome.completed
+    records = assert_consistent(folder, 5)
+    assert records[0].arch == "res(conv(k=2))" or strategy == "random"
+    assert all(r.status in ("ok", "failed") for r in records)
+    assert any(r.status == "ok" and 0.0 <= r.metrics["val/accuracy"] <= 1.0 for r in records)
+    if strategy == "nsga2":
+        ok = next(r for r in records if r.status == "ok")
+        assert ok.objectives[1] == ok.costs["params"]
+    assert (folder.path / "best" / "arch.txt").exists()
+    config = json.loads(folder.config_path.read_text())
+    assert config["strategy"] == strategy and config["trials"] == 5
+
+
+def test_failures_are_recorded_and_the_search_goes_on(tmp_path):
+    space = tmp_path / "failing.toml"
+    space.write_text(
+        pathlib.Path(TINY_SPACE).read_text().replace("max_depth = 3", "max_depth = 4")
+        .replace("[seq]", "[repeat]\nn = { 12 = 1.0 }\n\n[act]\nvariant = { relu2 = 1.0 }\n\n[seq]")
+        .replace("attn = 0.15", "attn = 0.10\nrepeat = 0.03\nact = 0.02")
+    )  # fmt: skip
+    nan = "res(repeat(res(act(relu2)), n=12))"  # x + relu(x)² twelve times: overflows to inf
+    slow = "seq(attn(softmax, heads=1, pos=rope), attn(softmax, heads=1, pos=rope))"
+    outcome, folder = run(
+        tmp_path, strategy="evolution", trials=4, seed_archs=(nan, slow), space=str(space),
+        trial_budget="100000steps", time_limit=1.0,
+    )  # fmt: skip
+    assert outcome.completed
+    records = {r.arch: r for r in assert_consistent(folder, 4)}
+    assert records[einsearch.parse(nan).text].status == "failed"
+    assert records[einsearch.parse(nan).text].reason in ("nan", "diverged")
+    assert records[einsearch.parse(slow).text].reason == "timeout"
+
+
+def test_duplicates_are_not_trained_twice(tmp_path):
+    outcome, folder = run(tmp_path, strategy="evolution", trials=3, seed_archs=("res(conv(k=2))",) * 3)
+    first, *rest = assert_consistent(folder, 3)
+    assert first.reused_from is None and first.steps > 0
+    for r in rest:
+        assert r.reused_from == first.number and r.metrics == first.metrics and r.steps == 0
+
+
+def test_cheap_constraints_reject_without_training(tmp_path):
+    big = "res(mlp(expand=2, act=gelu))"
+    outcome, folder = run(tmp_path, strategy="evolution", trials=2, seed_archs=(big, "res(shift())"), max_params=1500)
+    records = {r.arch: r for r in assert_consistent(folder, 2)}
+    rejected = records[big]
+    assert rejected.status == "rejected" and "params" in rejected.reason and rejected.steps == 0
+    assert rejected.costs["params"] > 1500
+    assert records["res(shift())"].status == "ok"
+
+
+def test_interrupted_run_resumes_to_the_requested_count(tmp_path, monkeypatch):
+    from einsearch.search import execute
+
+    calls = {"n": 0}
+    real = execute.evaluate
+
+    def interrupted_on_third(job, callback=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(job, callback)
+
+    monkeypatch.setattr(execute, "evaluate", interrupted_on_third)
+    outcome, folder = run(tmp_path, trials=4)
+    assert not outcome.completed
+    before = assert_consistent(folder, 2)
+    monkeypatch.setattr(execute, "evaluate", real)
+    outcome = resume(folder, trials=6, live=False)
+    assert outcome.completed
+    after = assert_consistent(folder, 6)
+    assert after[:2] == before  # nothing finished is lost or redone
+    assert json.loads(folder.config_path.read_text())["trials"] == 6
+
+
+def test_report_writes_plots_and_export_round_trips(tmp_path):
+    outcome, folder = run(tmp_path, strategy="evolution", trials=3, seed_archs=("seq(conv(k=2), attn(softmax, heads=2, window=4, pos=rope))",))
+    from typer.testing import CliRunner
+
+    from einsearch.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(folder.path)])
+    assert result.exit_code == 0, result.output
+    for png in ("best_so_far.png", "cost_scatter.png", "primitives.png"):
+        assert (folder.path / png).stat().st_size > 1000
+
+    target = tmp_path / "exported" / "my_mixer.py"
+    target.parent.mkdir()
+    result = runner.invoke(app, ["export", str(folder.path), "--rank", "1", "-o", str(target), "--weights"])
+    assert result.exit_code == 0, result.output
+
+    # the candidate as einsearch builds it, with the trained weights
+    from safetensors.torch import load_file
+
+    from einsearch.report import leaderboard
+    from einsearch.tasks import get_task
+
+    best = leaderboard(folder.trials(), maximize=True)[0].record
+    model = get_task(TINY_TASK).model(einsearch.parse(best.arch), 16, 1)
+    model.load_state_dict(load_file(str(target.with_suffix(".safetensors"))))
+    tokens = torch.randint(32, (2, 16), generator=torch.Generator().manual_seed(0))
+    expected = model.eval()(tokens)
+    torch.save(tokens, tmp_path / "tokens.pt")
+
+    # a fresh interpreter in which einsearch cannot be imported
+    code = f"""
+import sys
+sys.modules["einsearch"] = None
+sys.path.insert(0, {str(target.parent)!r})
+import torch, my_mixer
+from safetensors.torch import load_file
+model = my_mixer.Candidate()
+model.load_state_dict(load_file({str(target.with_suffix(".safetensors"))!r}))
+torch.save(model.eval()(torch.load({str(tmp_path / "tokens.pt")!r})), {str(tmp_path / "out.pt")!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)

@@ -1,0 +1,284 @@
+"""The trainer: budgets, schedule, determinism, every failure kind as a result, early stopping,
+JSON, and the `train` / `tasks` commands."""
+
+import json
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import einsearch
+from einsearch.cli import app
+from einsearch.tasks import Budget, Examples, Splits, Task, TaskError, get_task
+from einsearch.tasks.shell import NextStepModel, build_blocks
+from einsearch.train import TrainConfig, TrainResult, learning_rate, train
+
+TINY = "mlp(expand=1, act=relu)"
+SMALL_MQAR = "mqar:vocab=32,seq_len=16,pairs=2,train=64,val=16,test=16"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EINSEARCH_CACHE", str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------------------------------------
+# budgets and schedule
+
+
+@pytest.mark.parametrize(
+    "text,steps,seconds",
+    [("60s", None, 60.0), ("2m", None, 120.0), ("1.5h", None, 5400.0), ("500steps", 500, None),
+     ("500", 500, None), ("1step", 1, None), ("500steps,2m", 500, 120.0), ("30s+10steps", 10, 30.0)],
+)  # fmt: skip
+def test_budget_parse(text, steps, seconds):
+    budget = Budget.parse(text)
+    assert (budget.steps, budget.seconds) == (steps, seconds)
+    assert Budget.parse(str(budget)) == budget
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-5s", "0steps", "1.5steps", "10x"])
+def test_bad_budgets(text):
+    with pytest.raises(ValueError):
+        Budget.parse(text)
+
+
+def test_budget_progress_is_the_larger_fraction():
+    budget = Budget(steps=100, seconds=10.0)
+    assert budget.progress(50, 1.0) == 0.5 and budget.progress(10, 8.0) == 0.8 and budget.progress(200, 0) == 1.0
+
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine_to_the_floor():
+    peak, warmup, floor = 1.0, 0.1, 0.1
+    assert learning_rate(peak, 0.05, warmup, floor) == pytest.approx(0.5)
+    assert learning_rate(peak, 0.1, warmup, floor) == pytest.approx(1.0)
+    middle = 0.1 + 0.9 / 2
+    assert learning_rate(peak, middle, warmup, floor) == pytest.approx(floor + (1 - floor) * 0.5)
+    assert learning_rate(peak, 1.0, warmup, floor) == pytest.approx(floor)
+
+
+# ---------------------------------------------------------------------------------------------
+# normal runs
+
+CONFIG = TrainConfig(d_model=16, layers=1, budget=Budget(steps=6), batch_size=8)
+
+
+def test_fixed_seeds_give_identical_results_and_another_seed_does_not():
+    a = train(TINY, SMALL_MQAR, CONFIG)
+    b = train(TINY, SMALL_MQAR, CONFIG)
+    c = train(TINY, SMALL_MQAR, TrainConfig(d_model=16, layers=1, budget=Budget(steps=6), batch_size=8, seed=1))
+    assert a.ok and a.steps == 6
+    assert a.metrics == b.metrics
+    assert a.metrics != c.metrics
+    assert set(a.metrics) >= {"train/loss", "val/accuracy", "test/accuracy", "val/loss", "test/loss"}
+
+
+def test_result_reports_costs_of_the_whole_model_and_uses_one_thread():
+    torch.set_num_threads(2)
+    result = train("transformer", SMALL_MQAR, CONFIG)
+    assert torch.get_num_threads() == 1
+    model = get_task(SMALL_MQAR).model(einsearch.seeds["transformer"], 16, 1)
+    expected = einsearch.costs(model, 16)
+    assert result.costs == expected.as_dict()
+    assert result.costs["params"] == sum(p.numel() for p in model.parameters())
+    block = einsearch.build(einsearch.seeds["transformer"], 16)
+    head = 2 * 16 * 32
+    assert result.costs["flops_per_token"] == pytest.approx(block.flops(16) / 16 + head)
+    assert result.costs["state_size"] == block.state_size(16)
+    assert result.arch == einsearch.seeds["transformer"].text and result.task == SMALL_MQAR
+
+
+def test_training_lowers_the_loss():
+    """Even without recall, the model learns that targets are values (the upper half of the
+    vocabulary): the loss must fall well below the uniform ln(32)."""
+    config = TrainConfig(d_model=16, layers=1, budget=Budget(steps=40), batch_size=16, lr=1e-2)
+    result = train("transformer", SMALL_MQAR, config)
+    assert result.ok, result.detail
+    assert result.metrics["train/loss"] < math.log(32) - 0.3 and result.metrics["val/loss"] < math.log(32) - 0.3
+
+
+def test_a_seconds_budget_stops_in_time():
+    result = train(TINY, SMALL_MQAR, TrainConfig(d_model=8, layers=1, budget=Budget(seconds=0.3), batch_size=4))
+    assert result.ok and result.steps >= 1 and result.seconds < 5
+
+
+def test_callback_sees_validation_metrics_and_can_stop_early():
+    seen = []
+
+    def callback(step, metrics):
+        seen.append((step, metrics["accuracy"]))
+        return step >= 4
+
+    config = TrainConfig(d_model=8, layers=1, budget=Budget(steps=100), batch_size=4, eval_every=2)
+    result = train(TINY, SMALL_MQAR, config, callback=callback)
+    assert result.ok and result.reason == "stopped" and result.steps == 4
+    assert [s for s, _ in seen] == [2, 4] and [h["step"] for h in result.history] == [2, 4]
+    assert "val/accuracy" in result.metrics and "test/accuracy" not in result.metrics
+
+
+def test_json_round_trip_and_non_finite_numbers_become_null():
+    result = train(TINY, SMALL_MQAR, CONFIG)
+    data = json.loads(result.to_json())
+    assert {"status", "reason", "metrics", "costs", "steps", "seconds"} <= set(data)
+    assert TrainResult.from_dict(data) == result
+    odd = TrainResult(status="failed", reason="nan", metrics={"x": float("nan")}, costs=None, steps=1, seconds=0.1)
+    assert json.loads(odd.to_json())["metrics"]["x"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# failures, each injected through a tiny task
+
+
+@dataclass(frozen=True)
+class Faulty(Task):
+    """Next-step regression on random data whose loss misbehaves on demand at step `at`."""
+
+    name: ClassVar[str] = "faulty"
+    summary: ClassVar[str] = "test task"
+    metric: ClassVar[str] = "loss"
+    mode: ClassVar[str] = "min"
+    budget: ClassVar[Budget] = Budget(steps=5)
+    batch_size: ClassVar[int] = 4
+    lr: ClassVar[float] = 1e-3
+
+    fault: str = "none"
+    at: int = 2
+
+    @property
+    def tokens(self) -> int:
+        return 4
+
+    def make_data(self) -> Splits:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(16, 5, 3, generator=g)
+        examples = Examples(x[:, :-1], x[:, 1:])
+        return Splits(examples, examples, examples)
+
+    def model(self, arch, d_model, layers):
+        model = NextStepModel(build_blocks(arch, d_model, layers), d_model, 3)
+        model.calls = 0
+        return model
+
+    def loss(self, model, batch):
+        inputs, targets = batch
+        loss = (model(inputs) - targets).pow(2).mean()
+        model.calls += 1
+        if model.calls <= self.at:
+            return loss
+        if self.fault == "nan":
+            return loss * float("nan")
+        if self.fault == "grow":
+            return loss * 1e6
+        if self.fault == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.fault == "runtime_oom":
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: out of memory")
+        if self.fault == "memory":
+            raise MemoryError()
+        if self.fault == "error":
+            raise ValueError("shapes do not match")
+        return loss
+
+    def evaluate(self, model, split):
+        value = sum((model(x) - y).pow(2).mean().item() for x, y in split.batches(8))
+        return {"loss": value * (float("nan") if self.fault == "nan_metric" else 1.0)}
+
+
+FAULT_CONFIG = TrainConfig(d_model=8, layers=1, batch_size=4)
+
+
+@pytest.mark.parametrize(
+    "fault,reason",
+    [("nan", "nan"), ("nan_metric", "nan"), ("grow", "diverged"), ("oom", "oom"), ("runtime_oom", "oom"),
+     ("memory", "oom"), ("error", "error")],
+)  # fmt: skip
+def test_each_failure_is_a_result_with_its_reason(fault, reason):
+    result = train(TINY, Faulty(fault=fault), FAULT_CONFIG)
+    assert result.status == "failed" and result.reason == reason, result.detail
+    assert result.detail and result.costs is not None
+    json.loads(result.to_json())
+
+
+def test_no_fault_runs_to_the_end():
+    result = train(TINY, Faulty(), FAULT_CONFIG)
+    assert result.ok and result.steps == 5 and math.isfinite(result.metrics["test/loss"])
+
+
+def test_build_errors_are_results():
+    heads = train("attn(softmax, heads=3, pos=rope)", Faulty(), FAULT_CONFIG)
+    assert heads.reason == "build_error" and "BuildError" in heads.detail and heads.costs is None
+    syntax = train("attn(softmax, heads=", Faulty(), FAULT_CONFIG)
+    assert syntax.status == "failed" and syntax.reason == "build_error"
+
+
+def test_any_exception_while_building_is_a_build_error(monkeypatch):
+    def broken(self, arch, d_model, layers):
+        raise ImportError("einsearch.primitives.recurrent is not there yet")
+
+    monkeypatch.setattr(Faulty, "model", broken)
+    result = train(TINY, Faulty(), FAULT_CONFIG)
+    assert result.reason == "build_error" and "ImportError" in result.detail
+
+
+def test_timeout():
+    config = TrainConfig(d_model=8, layers=1, batch_size=4, budget=Budget(steps=10_000), time_limit=1e-6)
+    result = train(TINY, Faulty(), config)
+    assert result.status == "failed" and result.reason == "timeout" and result.steps == 0
+
+
+def test_task_errors_are_raised_not_reported(tmp_path):
+    with pytest.raises(TaskError):
+        train(TINY, f"csv:{tmp_path}/absent.csv", FAULT_CONFIG)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+runner = CliRunner()
+
+
+def test_cli_train_json():
+    result = runner.invoke(app, ["train", "transformer", "--task", SMALL_MQAR, "--budget", "3steps", "--d-model", "16", "--layers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["status"] == "ok" and data["steps"] == 3 and data["costs"]["params"] > 0
+
+
+def test_cli_train_table():
+    result = runner.invoke(app, ["train", TINY, "--task", SMALL_MQAR, "--budget", "2steps", "--d-model", "8"])
+    assert result.exit_code == 0, result.output
+    assert "test/accuracy" in result.stdout and "parameters" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [(["--task", "nosuch"], "unknown task"), (["--task", SMALL_MQAR, "--budget", "soon"], "budget"),
+     (["--task", "csv:/no/such.csv"], "no such file"), (["--task", "mqar:seq_len=7"], "even")],
+)  # fmt: skip
+def test_cli_bad_input_is_one_line_and_exit_2(args, message):
+    result = runner.invoke(app, ["train", TINY, *args])
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_bad_architecture_is_exit_2():
+    result = runner.invoke(app, ["train", "attn(softmax", "--task", SMALL_MQAR])
+    assert result.exit_code == 2 and "error" in result.stderr
+
+
+def test_cli_failed_candidate_is_exit_1():
+    result = runner.invoke(app, ["train", "attn(softmax, heads=3, pos=rope)", "--task", SMALL_MQAR, "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["reason"] == "build_error"
+
+
+def test_cli_tasks_lists_every_task_and_its_options():
+    result = runner.invoke(app, ["tasks"])
+    assert result.exit_code == 0
+    for name in ("mqar", "recall", "fuzzy_recall", "noisy_recall", "selective_copy", "compression",
+                 "memorization", "mad", "passkey", "lm", "lorenz96", "ks", "csv"):  # fmt: skip
+        assert name in result.stdout
+    assert "horizon" in result.stdout and "power_a" in result.stdout
