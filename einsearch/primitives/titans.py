@@ -15,10 +15,14 @@ Per head, with d = d_model / heads and hidden width n = 2d, the memory is the re
 and at each token t (q_t, k_t unit-norm, all projections of x_t; the gates are per head):
 
     g_t = ∇_W ℓ(M_{W_{t-1}}(k_t), v_t)                      attentional bias ℓ, see below
-    S_t = η_t S_{t-1} − θ_t g_t      (momentum=true)   or   S_t = −θ_t g_t   (momentum=false)
+    S_t = η_t S_{t-1} − θ'_t g_t     (momentum=true)   or   S_t = −θ'_t g_t  (momentum=false)
     retention l2:  W_t = (1 − α_t) W_{t-1} + S_t                          (Titans eq. 13-14)
-    retention kl:  W_t = c · softmax_rows((1 − α_t) log W_{t-1} + S_t)    (Miras eq. 21, Memora)
+    retention kl:  W±_t = c · softmax_rows((1 − α_t) log W±_{t-1} ± S_t)  (Miras eq. 21, Memora;
+                   W = W⁺ − W⁻, see "KL retention" below)
     y_t = M_{W_t}(q_t),   output = W_o [y_t of all heads]
+
+θ'_t is the learning-rate gate θ_t, shortened for lp (below) and rescaled to the simplex for kl
+(below); otherwise θ'_t = θ_t.
 
 Attentional biases, of the error e = M(k) − v, and their derivative ψ = ∂ℓ/∂M(k):
 
@@ -26,6 +30,17 @@ Attentional biases, of the error e = M(k) − v, and their derivative ψ = ∂�
 * lp:    ℓ = (1/p) Σ_i |e_i|^p with p = 3 (Moneta),      ψ = sign(e) |e|^{p−1} = e ⊙ |e|
 * huber: ℓ = Σ_i H_δ(e_i), H_δ(a) = ½a² for |a| ≤ δ, δ(|a| − ½δ) otherwise (Miras eq. 14,
          the coordinate-wise Huber; Yaad),               ψ = clamp(e, −δ_t, δ_t)
+
+Moneta's step bound.  ψ = e|e| grows quadratically, so no fixed learning rate keeps plain gradient
+descent on the ℓ3 loss stable: to first order a step changes the error by −θ J Jᵀ ψ (J = ∂M/∂W),
+i.e. e_i ← e_i (1 − θ λ |e_i|) along an eigendirection λ of J Jᵀ, which overshoots once
+θ λ |e_i| > 2 and then diverges (the overshoot makes |e| larger, which makes the next step
+longer).  The lp step is therefore taken with θ'_t = θ_t / max(1, ‖e_t‖_∞): gradient descent on
+Moneta's own ℓ3 loss (same direction ψ) with a data-dependent step that is exactly Moneta's
+while ‖e‖_∞ ≤ 1 and never longer, per coordinate, than the l2 step (|e_i| / max(1, ‖e‖_∞) ≤ 1),
+so it contracts wherever the l2 step does.  (Miras keeps Moneta bounded by normalising instead:
+an ℓq retention W = A / ‖A‖_q^{q−2} and a LayerNorm inside the memory; neither is part of this
+node — the retention here is l2 — so the bound is put on the step.)
 
 The gradient g_t is written out in closed form (the backward pass of the 2-layer MLP, batched over
 batch and heads; see `memory_gradient`), so the recurrence is ordinary differentiable tensor code
@@ -44,16 +59,33 @@ pre-activations, so θ ≤ 1/n keeps one step from overshooting the current pair
 KL retention (Memora).  Miras §5.2 derives, from the retention
 (1/η_t) KL(W ‖ W_{t−1}) + (1/α_t) Σ W log W on the set {W ≥ 0, each slice sums to c}, the update
 W_t = c · Softmax((1 − λ_t) log W_{t−1} − η'_t ∇ℓ(W_{t−1})), a softmax per slice of the network's
-weights.  Here a slice is a row of W1 and of W2 (the weights into one hidden unit, and into one
-output coordinate); λ_t is the forgetting gate α_t and η'_t the learning rate θ_t.  The constant
-log c drops out of a row softmax, so the state carries the row-normalised logarithms
-P = log(W / c) (numerically safer than W itself: a weight that underflows to 0 would give
-log 0) and W = c · exp(P) enters the MLP.  c is a learned positive scale per head and layer
-(initialised to d for W1, so that the pre-activations are O(1), and to 1 for W2); within the
-recurrence it is constant, as in the paper.  With momentum, S_t replaces −θ_t g_t inside the
-softmax (momentum on the mirror-descent step).  ∇ℓ is taken w.r.t. W itself, not the logits.
+weights: entropic mirror descent (exponentiated gradient).  λ_t is the forgetting gate α_t.
 
-The initial memory (W1, W2, or the initial logits for kl) is a learned parameter per head.
+Signed weights (EG±).  An MLP whose rows are nonnegative with a fixed mass cannot fit a value:
+every output coordinate of W2 σ(W1 k) is c times an average of the same hidden units, so the
+outputs share one common mode and reach at most c · min σ = −0.28 c below zero (with c = 1 the
+memory cannot fit a unit-size value).  Miras's memory, x + LN(W1 σ(W2 x)), removes that common
+mode and scale with a LayerNorm; here, without one, the weights carry their sign the standard
+way for exponentiated gradient (Kivinen & Warmuth
+1997, "Exponentiated gradient versus gradient descent for linear predictors", EG±): each weight
+is W = W⁺ − W⁻ with W⁺, W⁻ ≥ 0, and the KL retention above acts on the nonnegative pair, a
+slice being a row of W1 or W2 together with its twin, [W⁺ | W⁻], of mass c.  ∇_{W±} ℓ = ±∇_W ℓ,
+so the exponent gets +S_t for W⁺ and −S_t for W⁻; momentum is kept once, on ∇_W.  Every row of
+W then has ‖row‖₁ ≤ c (Memora's boundedness) and either sign.
+
+Scale and step.  c (a learned scale per head and layer, constant within the recurrence as in the
+paper) and the step are set from the l2 memory, so that Memora starts where Titans does:
+* with logits N(0, 1) a weight is c (P⁺ − P⁻), P± = softmax entries over 2m (m the row length),
+  of standard deviation c √(2(e − 1)) / (2m); c = m s √(2 / (e − 1)) makes it s, the l2 memory's
+  (s = 1 for W1, 1/√n for W2), i.e. c1 ≈ 1.08 d and c2 ≈ 1.08 √n;
+* to first order (no forgetting, no momentum) a KL step changes a row w of W, with gradient
+  row g, by Δw = −η' (w⁺ + w⁻) ⊙ g + (η' / c) ⟨w, g⟩ w: a preconditioned gradient step plus a
+  rescaling along w; w⁺ + w⁻ averages c / m per weight, so η'_t = θ_t m / c makes the step
+  −θ_t g on average, the l2 memory's (for W1: θ_t d / c1, for W2: θ_t n / c2).
+The state carries the row-normalised logarithms log(W± / c) (numerically safer than W± itself:
+a weight that underflows to 0 would give log 0).  ∇ℓ is taken w.r.t. W itself, not the logits.
+
+The initial memory (W1, W2, or the initial logits of W± for kl) is a learned parameter per head.
 
 `forward` is the exact token-by-token recurrence (a loop over t, every operation batched over
 batch and heads); `step` is one iteration of it.  Titans' chunked training form, which takes all
@@ -73,6 +105,9 @@ from einsearch.primitives.base import Mixer, State, head_dim
 
 LP_POWER = 3  # Moneta's p
 HIDDEN_EXPANSION = 2  # n = 2 d per head
+# c = m s √(2 / (e − 1)): a row of m signed KL weights c (P⁺ − P⁻) with N(0, 1) logits has entries
+# of standard deviation s (see the module docstring)
+KL_MASS_PER_STD = math.sqrt(2 / (math.e - 1))
 GATE_INIT = {  # value of each gate at initialisation (before the 1/n of the learning rate)
     "forget": 0.01,
     "lr": 0.1,
@@ -114,15 +149,23 @@ def loss_derivative(error: Tensor, loss: str, delta: Tensor | None = None) -> Te
 
 def memory_gradient(
     w1: Tensor, w2: Tensor, k: Tensor, v: Tensor, loss: str, delta: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Closed-form ∇_{W1} ℓ, ∇_{W2} ℓ of ℓ(M(k), v), shapes of w1 (B, H, n, d) and w2 (B, H, d, n)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Closed-form ∇_{W1} ℓ, ∇_{W2} ℓ of ℓ(M(k), v), shapes of w1 (B, H, n, d) and w2 (B, H, d, n),
+    and the error e = M(k) − v (B, H, d)."""
     output, z, h = memory_forward(w1, w2, k)
-    psi = loss_derivative(output - v, loss, delta)  # (B, H, d)
+    error = output - v
+    psi = loss_derivative(error, loss, delta)  # (B, H, d)
     grad_w2 = psi[..., :, None] * h[..., None, :]  # (B, H, d, n)
     grad_h = torch.einsum("bhdn,bhd->bhn", w2, psi)  # (B, H, n)
     grad_z = grad_h * silu_derivative(z)
     grad_w1 = grad_z[..., :, None] * k[..., None, :]  # (B, H, n, d)
-    return grad_w1, grad_w2
+    return grad_w1, grad_w2, error
+
+
+def lp_step_bound(error: Tensor) -> Tensor:
+    """1 / max(1, ‖e‖_∞) per head: the factor that keeps Moneta's step no longer, per coordinate,
+    than the l2 step (see the module docstring).  error (B, H, d) -> (B, H)."""
+    return 1 / error.abs().amax(dim=-1).clamp_min(1.0)
 
 
 # ================================================================ the module
@@ -131,8 +174,9 @@ def memory_gradient(
 class Titans(Mixer):
     """Titans' neural memory with Miras' attentional biases and retentions (see the module docstring).
 
-    State per sequence: the memory (W1, W2), or its row-normalised log-weights for kl, plus the
-    momentum (S1, S2) when momentum is on; all per head, independent of the sequence length.
+    State per sequence: the memory (W1, W2), or for kl the row-normalised log-weights of
+    [W1⁺ | W1⁻] and [W2⁺ | W2⁻], plus the momentum (S1, S2) when momentum is on; all per head,
+    independent of the sequence length.
     """
 
     def __init__(self, d_model: int, heads: int, loss: str, retention: str, momentum: bool):
@@ -155,10 +199,12 @@ class Titans(Mixer):
             self.init1 = nn.Parameter(torch.randn(heads, n, d))
             self.init2 = nn.Parameter(torch.randn(heads, d, n) / math.sqrt(n))
         else:
-            # initial logits of the row-softmax weights, and log c per head for (W1, W2)
-            self.init1 = nn.Parameter(torch.randn(heads, n, d))
-            self.init2 = nn.Parameter(torch.randn(heads, d, n))
-            self.log_scale = nn.Parameter(torch.tensor([math.log(d), 0.0]).repeat(heads, 1))  # (H, 2)
+            # initial logits of the row softmax over [W⁺ | W⁻], and log c per head for (W1, W2):
+            # c = m s √(2 / (e − 1)) with the l2 memory's spread s = 1 (W1, m = d) and 1/√n (W2, m = n)
+            self.init1 = nn.Parameter(torch.randn(heads, n, 2 * d))
+            self.init2 = nn.Parameter(torch.randn(heads, d, 2 * n))
+            mass = [d * KL_MASS_PER_STD, math.sqrt(n) * KL_MASS_PER_STD]
+            self.log_scale = nn.Parameter(torch.tensor(mass).log().repeat(heads, 1))  # (H, 2)
         with torch.no_grad():
             self.gates.weight.mul_(0.1)  # data-dependence starts mild; the bias sets the level
             bias = self.gates.bias.view(heads, len(self.gate_names))
@@ -191,32 +237,49 @@ class Titans(Mixer):
             memory = (self.init1, self.init2)
         else:
             memory = (F.log_softmax(self.init1, -1), F.log_softmax(self.init2, -1))
-        memory = tuple(m.expand(batch, *m.shape) for m in memory)  # (B, H, n, d), (B, H, d, n)
-        momentum = tuple(torch.zeros_like(m) for m in memory) if self.momentum else ()
+        # l2: (B, H, n, d), (B, H, d, n); kl: (B, H, n, 2d), (B, H, d, 2n)
+        memory = tuple(m.expand(batch, *m.shape) for m in memory)
+        momentum = tuple(torch.zeros_like(w) for w in self._weights(memory)) if self.momentum else ()
         return memory + momentum
 
     def _weights(self, memory: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """The MLP's weights from the memory state: itself (l2), or c · exp(log-weights) (kl)."""
+        """The MLP's weights from the memory state: itself (l2), or W⁺ − W⁻ with
+        [W⁺ | W⁻] = c · exp(log-weights) (kl)."""
         if self.retention == "l2":
             return memory
         scale = self.log_scale.exp()  # (H, 2)
-        return scale[:, 0, None, None] * memory[0].exp(), scale[:, 1, None, None] * memory[1].exp()
+        weights = []
+        for i, logits in enumerate(memory):
+            plus, minus = logits.exp().chunk(2, dim=-1)
+            weights.append(scale[:, i, None, None] * (plus - minus))
+        return weights[0], weights[1]
+
+    def _learning_rates(self, lr: Tensor) -> tuple[Tensor, Tensor]:
+        """θ'_t for W1 and W2 from θ_t (B, H): θ_t (l2), or θ_t m / c (kl), each (B, H, 1, 1)."""
+        lr = lr[..., None, None]
+        if self.retention == "l2":
+            return lr, lr
+        scale = self.log_scale.exp()  # (H, 2)
+        return lr * (self.d_head / scale[:, 0, None, None]), lr * (self.hidden / scale[:, 1, None, None])
 
     def _recur(self, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor], state: State) -> tuple[Tensor, State]:
         """One token: q, k, v (B, H, d), gates (B, H) each -> (y_t (B, H, d), new state)."""
         memory, momentum = state[:2], state[2:]
         w1, w2 = self._weights(memory)
-        grads = memory_gradient(w1, w2, k, v, self.loss, gates.get("delta"))
-        lr = gates["lr"][..., None, None]  # (B, H, 1, 1)
-        change = tuple(-lr * g for g in grads)  # S_t without momentum
+        grad1, grad2, error = memory_gradient(w1, w2, k, v, self.loss, gates.get("delta"))
+        lr = gates["lr"]  # (B, H)
+        if self.loss == "lp":
+            lr = lr * lp_step_bound(error)
+        lr1, lr2 = self._learning_rates(lr)
+        change = (-lr1 * grad1, -lr2 * grad2)  # S_t without momentum
         if self.momentum:
             eta = gates["momentum"][..., None, None]
             change = tuple(eta * s + c for s, c in zip(momentum, change))
         keep = 1 - gates["forget"][..., None, None]
         if self.retention == "l2":
             memory = tuple(keep * m + c for m, c in zip(memory, change))
-        else:
-            memory = tuple(F.log_softmax(keep * m + c, dim=-1) for m, c in zip(memory, change))
+        else:  # the exponent gets +S_t for W⁺ and −S_t for W⁻
+            memory = tuple(F.log_softmax(keep * m + torch.cat([c, -c], dim=-1), dim=-1) for m, c in zip(memory, change))
         y, _, _ = memory_forward(*self._weights(memory), q)
         return y, memory + (change if self.momentum else ())
 
@@ -239,15 +302,17 @@ class Titans(Mixer):
 
     def flops(self, seq_len: int) -> float:
         """Per token: the projections (q, k, v, out, gates) and, per head with m = n·d weights per
-        layer, M on k (2m MACs), the backward (W2ᵀψ, ψhᵀ, (·)kᵀ: 3m MACs), the update (2m weights
-        per equation, counted as one MAC each: the momentum and the retention equations) and M on q
-        (2m MACs)."""
+        layer, M on k (2m MACs), the backward (W2ᵀψ, ψhᵀ, (·)kᵀ: 3m MACs), the update (counted as
+        one MAC per entry updated: the momentum equation 2m, the retention equation 2m, or 4m for
+        kl, whose state holds W⁺ and W⁻) and M on q (2m MACs)."""
         m = self.hidden * self.d_head
-        equations = 2 if self.momentum else 1
-        memory = self.heads * (2 * m + 3 * m + equations * 2 * m + 2 * m)
+        retention = 4 * m if self.retention == "kl" else 2 * m
+        momentum = 2 * m if self.momentum else 0
+        memory = self.heads * (2 * m + 3 * m + momentum + retention + 2 * m)
         projections = 4 * self.d_model**2 + self.d_model * self.heads * len(self.gate_names)
         return 2.0 * (projections + memory) * seq_len
 
     def state_size(self, seq_len: int) -> int:
-        weights = 2 * self.heads * self.hidden * self.d_head
-        return weights * (2 if self.momentum else 1)
+        weights = 2 * self.heads * self.hidden * self.d_head  # W1 and W2
+        memory = 2 * weights if self.retention == "kl" else weights  # kl holds W⁺ and W⁻
+        return memory + (weights if self.momentum else 0)

@@ -4,8 +4,12 @@
 * the whole recurrence against a naive loop written here from the published equations, one
   sequence and one head at a time, with each gradient taken by torch.autograd;
 * a single step worked out by hand;
-* test-time memorisation: a key/value pair seen repeatedly is learnt;
-* Memora's weights stay on the scaled simplex; costs counted by hand.
+* test-time memorisation: a key/value pair seen repeatedly is learnt, by every variant at its
+  default initialisation;
+* Moneta's step bound: by hand, and the memory stays bounded on errors where the unbounded ℓ3
+  step diverges;
+* Memora: its weights stay on the scaled simplex, start with the l2 memory's spread, and its
+  mirror step is the l2 step to first order; costs counted by hand.
 """
 
 import math
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import einsearch
-from einsearch.primitives.titans import memory_forward, memory_gradient
+from einsearch.primitives.titans import lp_step_bound, memory_forward, memory_gradient
 from tests.contract import PrimitiveContract, run_steps
 
 
@@ -89,7 +93,8 @@ def test_closed_form_gradient_matches_autograd(loss):
     k = F.normalize(torch.randn(B, H, d, generator=g, dtype=torch.float64), dim=-1)
     v = torch.randn(B, H, d, generator=g, dtype=torch.float64) * 2
     delta = torch.rand(B, H, generator=g, dtype=torch.float64) + 0.3
-    grad_w1, grad_w2 = memory_gradient(w1, w2, k, v, loss, delta)
+    grad_w1, grad_w2, error = memory_gradient(w1, w2, k, v, loss, delta)
+    torch.testing.assert_close(error, memory_forward(w1, w2, k)[0] - v)
     for b in range(B):
         for h in range(H):
             a1, a2 = w1[b, h].clone().requires_grad_(True), w2[b, h].clone().requires_grad_(True)
@@ -120,7 +125,8 @@ def test_huber_case_exercises_both_branches():
 
 def naive_titans(module, x):
     """The module's output computed from the published recurrence, one sequence, one head and one
-    token at a time, with g_t from torch.autograd (for kl, on the weights W themselves)."""
+    token at a time, with g_t from torch.autograd (for kl, on the nonnegative weights W⁺ and W⁻
+    themselves, the MLP using W = W⁺ − W⁻; each gets its own momentum)."""
     B, T, D = x.shape
     H, d, n = module.heads, module.d_head, module.hidden
     q, k, v = module.qkv(x).view(B, T, 3, H, d).unbind(2)
@@ -130,29 +136,48 @@ def naive_titans(module, x):
     alpha, theta = torch.sigmoid(gate["forget"]), torch.sigmoid(gate["lr"]) / n
     eta = torch.sigmoid(gate["momentum"]) if module.momentum else None
     delta = F.softplus(gate["delta"]) if module.loss == "huber" else None
+    row_length = [d, n]  # of W1 and W2
     y = torch.zeros(B, T, H, d, dtype=x.dtype)
     for b in range(B):
         for h in range(H):
             if module.retention == "l2":
                 weights = [module.init1[h], module.init2[h]]
-            else:
+            else:  # W±, rows of [W⁺ | W⁻] of mass c
                 c = module.log_scale[h].exp()
-                weights = [c[0] * torch.softmax(module.init1[h], -1), c[1] * torch.softmax(module.init2[h], -1)]
+                pairs = [c[0] * torch.softmax(module.init1[h], -1), c[1] * torch.softmax(module.init2[h], -1)]
+                weights = [part for pair in pairs for part in pair.chunk(2, -1)]  # W1⁺, W1⁻, W2⁺, W2⁻
             momentum = [torch.zeros_like(w) for w in weights]
+
+            def memory(weights, key):
+                if module.retention == "l2":
+                    return mlp_memory(*weights, key)
+                return mlp_memory(weights[0] - weights[1], weights[2] - weights[3], key)
+
             for t in range(T):
-                error = mlp_memory(*weights, k[b, t, h]) - v[b, t, h]
+                error = memory(weights, k[b, t, h]) - v[b, t, h]
                 scale = delta[b, t, h] if delta is not None else None
                 grads = torch.autograd.grad(attentional_bias(error, module.loss, scale), weights, create_graph=True)
-                for i in range(2):
-                    change = -theta[b, t, h] * grads[i]
+                step = theta[b, t, h]
+                if module.loss == "lp":  # Moneta's step, no longer than the l2 one
+                    step = step / torch.clamp(error.abs().max(), min=1.0)
+                changes = []
+                for i, grad in enumerate(grads):
+                    layer = i if module.retention == "l2" else i // 2
+                    rate = step if module.retention == "l2" else step * row_length[layer] / c[layer]
+                    change = -rate * grad
                     if module.momentum:
                         change = eta[b, t, h] * momentum[i] + change
                         momentum[i] = change
-                    if module.retention == "l2":  # W_t = (1 - α_t) W_{t-1} + S_t
-                        weights[i] = (1 - alpha[b, t, h]) * weights[i] + change
-                    else:  # W_t = c softmax((1 - α_t) log W_{t-1} + S_t), per row
-                        weights[i] = c[i] * torch.softmax((1 - alpha[b, t, h]) * weights[i].log() + change, -1)
-                y[b, t, h] = mlp_memory(*weights, q[b, t, h])
+                    changes.append(change)
+                if module.retention == "l2":  # W_t = (1 - α_t) W_{t-1} + S_t
+                    weights = [(1 - alpha[b, t, h]) * w + change for w, change in zip(weights, changes)]
+                else:  # [W⁺ | W⁻]_t = c softmax((1 - α_t) log [W⁺ | W⁻]_{t-1} + [S⁺ | S⁻]_t), per row
+                    for layer in range(2):
+                        pair = torch.cat(weights[2 * layer : 2 * layer + 2], -1)
+                        change = torch.cat(changes[2 * layer : 2 * layer + 2], -1)
+                        pair = c[layer] * torch.softmax((1 - alpha[b, t, h]) * pair.log() + change, -1)
+                        weights[2 * layer : 2 * layer + 2] = pair.chunk(2, -1)
+                y[b, t, h] = memory(weights, q[b, t, h])
     return module.out(y.reshape(B, T, D))
 
 
@@ -223,9 +248,9 @@ def test_single_step_by_hand():
 # ---------------------------------------------------------------- learning at test time
 
 
-def memorisation_errors(arch: str, steps: int, w2_mass: float | None = None) -> list[float]:
-    """Feed one token repeatedly with θ at its largest (1/n), α ≈ 0 and η = 0.5; return
-    ‖M_t(k) − v‖ / ‖v‖ before each step."""
+def memorisation_module(arch: str, value_scale: float = 1.0):
+    """A module (d_model 16) with θ at its largest (1/n), α ≈ 0 and η = 0.5, its values scaled by
+    value_scale, and one token x; returns (module, x, k, v) with k, v of shape (1, H, d)."""
     torch.manual_seed(0)
     module = einsearch.build(arch, 16)
     with torch.no_grad():
@@ -233,12 +258,18 @@ def memorisation_errors(arch: str, steps: int, w2_mass: float | None = None) -> 
         bias = module.gates.bias.view(module.heads, -1)
         for i, name in enumerate(module.gate_names):
             bias[:, i] = {"forget": -30.0, "lr": 30.0, "momentum": 0.0, "delta": 0.0}[name]
-        if w2_mass is not None:
-            module.log_scale[:, 1] = math.log(w2_mass)
+        module.qkv.weight[2 * 16 :] *= value_scale
         x = torch.randn(1, 16, generator=torch.Generator().manual_seed(3))
         _, k, v, _ = module._project(x[:, None])
-        k, v = k[:, 0], v[:, 0]
-        state, errors = module.init_state(1), []
+    return module, x, k[:, 0], v[:, 0]
+
+
+def memorisation_errors(arch: str, steps: int, value_scale: float = 1.0) -> list[float]:
+    """Feed one token repeatedly (see `memorisation_module`); return ‖M_t(k) − v‖ / ‖v‖ before
+    each step."""
+    module, x, k, v = memorisation_module(arch, value_scale)
+    state, errors = module.init_state(1), []
+    with torch.no_grad():
         for _ in range(steps):
             output, _, _ = memory_forward(*module._weights(state[:2]), k)
             errors.append(((output - v).norm() / v.norm()).item())
@@ -268,14 +299,47 @@ def test_lp_memory_learns_a_repeated_pair():
     assert all(later <= earlier + 1e-6 for earlier, later in zip(errors[20:], errors[21:]))
 
 
-def test_kl_memory_learns_a_repeated_pair():
-    """Memora's W2 rows are nonnegative with mass c2, so M(k) − k is c2 times an average of the
-    hidden units: a value is within reach only if c2 is large enough; with c2 = 8 it is learnt."""
-    errors = memorisation_errors("mem(titans, heads=2, loss=l2, retention=kl, momentum=false)", 300, w2_mass=8.0)
+def test_lp_step_bound_by_hand():
+    """1 / max(1, ‖e‖_∞): Moneta's own step while every |e_i| ≤ 1, else shortened so that the
+    step on each coordinate, |e_i| · e_i · bound, is at most the l2 step |e_i|."""
+    error = torch.tensor([[[0.5, -0.2, 0.0]], [[-4.0, 2.0, 0.5]], [[1.0, -1.0, 0.3]]])  # (B=3, H=1, d=3)
+    bound = lp_step_bound(error)
+    torch.testing.assert_close(bound, torch.tensor([[1.0], [0.25], [1.0]]))
+    step = error * error.abs() * bound[..., None]
+    torch.testing.assert_close(step[1, 0], torch.tensor([-4.0, 1.0, 0.0625]))
+    assert (step.abs() <= error.abs()).all()
+
+
+def test_lp_memory_stays_bounded_on_large_errors():
+    """Values 30× their usual size: the unbounded ℓ3 step (written here, with the same gradient and
+    θ) overshoots and diverges, Moneta's bounded step still learns the pair."""
+    arch = "mem(titans, heads=1, loss=lp, retention=l2, momentum=false)"
+    errors = memorisation_errors(arch, 60, value_scale=30.0)
+    assert all(map(math.isfinite, errors))
+    assert max(errors) <= errors[0] and errors[-1] < 0.01 * errors[0]
+    module, _, k, v = memorisation_module(arch, value_scale=30.0)
+    with torch.no_grad():
+        theta = module._project(torch.zeros(1, 1, 16))[3]["lr"][:, 0, :, None, None]  # gates from the bias alone
+        w1, w2 = module.init_state(1)
+        unbounded = []
+        for _ in range(10):
+            output, _, _ = memory_forward(w1, w2, k)
+            unbounded.append(((output - v).norm() / v.norm()).item())
+            grad1, grad2, _ = memory_gradient(w1, w2, k, v, "lp")
+            w1, w2 = w1 - theta * grad1, w2 - theta * grad2
+    assert not all(math.isfinite(e) and e < 10 * unbounded[0] for e in unbounded)
+
+
+@pytest.mark.parametrize("momentum", ["false", "true"])
+def test_kl_memory_learns_a_repeated_pair(momentum):
+    """Memora at its default initialisation (signed weights W⁺ − W⁻, c from the l2 memory's spread)."""
+    errors = memorisation_errors(f"mem(titans, heads=2, loss=l2, retention=kl, momentum={momentum})", 100)
+    assert errors[0] > 0.5
     assert errors[-1] < 1e-3 * errors[0]
 
 
 def test_kl_weights_stay_on_the_scaled_simplex():
+    """Each row of [W⁺ | W⁻] is positive with mass c, so each row of W = W⁺ − W⁻ has ‖row‖₁ ≤ c."""
     torch.manual_seed(0)
     module = einsearch.build("mem(titans, heads=2, loss=l2, retention=kl, momentum=true)", 8)
     x = torch.randn(2, 9, 8, generator=torch.Generator().manual_seed(1)) * 3
@@ -283,12 +347,60 @@ def test_kl_weights_stay_on_the_scaled_simplex():
     with torch.no_grad():
         for t in range(9):
             _, state = module.step(x[:, t], state)
-        w1, w2 = module._weights(state[:2])
         scale = module.log_scale.exp()  # (H, 2)
-    assert (w1 > 0).all() and (w2 > 0).all()
-    torch.testing.assert_close(w1.sum(-1), scale[:, 0, None].expand(2, 2, 8))
-    torch.testing.assert_close(w2.sum(-1), scale[:, 1, None].expand(2, 2, 4))
+        pairs = [scale[:, i, None, None] * state[i].exp() for i in range(2)]
+        w1, w2 = module._weights(state[:2])
+    for pair, weights, layer in zip(pairs, (w1, w2), range(2)):
+        assert (pair > 0).all()
+        torch.testing.assert_close(pair.sum(-1), scale[:, layer, None].expand(pair.shape[:-1]))
+        plus, minus = pair.chunk(2, -1)
+        torch.testing.assert_close(weights, plus - minus)
+        assert (weights.abs().sum(-1) <= scale[:, layer, None] * (1 + 1e-6)).all()
+    assert (w1 < 0).any() and (w2 < 0).any()  # signed
     assert not torch.allclose(w1, module._weights(module.init_state(2)[:2])[0])  # it did move
+
+
+def test_kl_memory_starts_with_the_l2_memorys_spread():
+    """c = m s √(2/(e−1)): with N(0, 1) logits the weights have the l2 memory's standard deviation
+    (1 for W1, 1/√n for W2) and mean 0 (one head, d = 64, n = 128: 8192 weights a layer)."""
+    torch.manual_seed(0)
+    module = einsearch.build("mem(titans, heads=1, loss=l2, retention=kl, momentum=false)", 64)
+    with torch.no_grad():
+        w1, w2 = module._weights(module.init_state(1)[:2])
+    for weights, std in ((w1, 1.0), (w2, 1 / math.sqrt(128))):
+        assert abs(weights.std().item() / std - 1) < 0.1
+        assert abs(weights.mean().item()) < 0.05 * std
+
+
+def test_kl_step_is_the_l2_step_to_first_order():
+    """One small KL step, no forgetting or momentum: each row w of W moves by
+    −η' (w⁺ + w⁻) ⊙ g + (η'/c) ⟨w, g⟩ w with η' = θ m / c (the softmax expanded to first order by
+    hand), whose preconditioner η' (w⁺ + w⁻) averages exactly θ over a row: the l2 step's."""
+    torch.manual_seed(0)
+    module = einsearch.build("mem(titans, heads=2, loss=l2, retention=kl, momentum=false)", 16).double()
+    with torch.no_grad():
+        module.gates.weight.zero_()
+        bias = module.gates.bias.view(module.heads, -1)
+        bias[:, 0] = -40.0  # α ≈ 0
+        bias[:, 1] = math.log(1e-5)  # θ ≈ 1e-5 / n
+        x = torch.randn(1, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        _, k, v, gates = module._project(x[:, None])
+        theta = gates["lr"][0, 0]  # (H,)
+        state = module.init_state(1)
+        before = module._weights(state)
+        grads = memory_gradient(*before, k[:, 0], v[:, 0], "l2")[:2]
+        scale = module.log_scale.exp()  # (H, 2)
+        pairs = [scale[:, i, None, None] * state[i].exp() for i in range(2)]  # [W⁺ | W⁻] before the step
+        _, state = module.step(x, state)
+        after = module._weights(state)
+    for layer, row_length in enumerate((module.d_head, module.hidden)):
+        c = scale[:, layer, None, None]
+        rate = theta[:, None, None] * row_length / c  # η', (H, 1, 1)
+        plus, minus = pairs[layer][0].chunk(2, -1)
+        w, g = before[layer][0], grads[layer][0]
+        expected = -rate * (plus + minus) * g + rate / c * (w * g).sum(-1, keepdim=True) * w
+        torch.testing.assert_close(after[layer][0] - w, expected, rtol=1e-3, atol=1e-12)
+        torch.testing.assert_close((rate * (plus + minus)).mean(-1), theta[:, None].expand(w.shape[:-1]))
 
 
 # ---------------------------------------------------------------- costs
@@ -310,3 +422,16 @@ def test_costs_counted_by_hand():
     assert einsearch.costs(no_momentum, 10).state_size == 2 * 2 * 128
     _, largest = run_steps(no_momentum, torch.randn(1, 3, 16))
     assert largest == 2 * 2 * 128
+
+
+def test_kl_costs_counted_by_hand():
+    """Memora, d_model 16, 2 heads: d = 8, n = 16, m = 128.  The state holds W1⁺, W1⁻, W2⁺, W2⁻
+    (4m) and the momentum S1, S2 (2m): 6m = 768 per head.  Per token per head: M(k) 2m, backward
+    3m, momentum 2m, retention on W± 4m, M(q) 2m = 13m = 1664 MACs; gates 16·(2·3) = 96 MACs.
+    FLOPs = 2·(1024 + 96 + 2·1664) = 8896."""
+    module = einsearch.build("mem(titans, heads=2, loss=l2, retention=kl, momentum=true)", 16)
+    costs = einsearch.costs(module, 10)
+    assert costs.flops_per_token == 8896
+    assert costs.state_size == 2 * 6 * 128
+    _, largest = run_steps(module, torch.randn(1, 3, 16))
+    assert largest == 2 * 6 * 128
