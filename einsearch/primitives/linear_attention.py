@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from einsearch.primitives.base import Mixer, State, head_dim
-from einsearch.primitives.memory import gla_chunked, gla_step, naive_gla
+from einsearch.primitives.memory import gla_step, naive_gla
+from einsearch.kernels import dispatch
 
 FEATURE_MAPS = {
     "elu1": lambda x: F.elu(x) + 1,
@@ -69,7 +70,7 @@ class LinearAttention(Mixer):
         return self.out(self._read(o).transpose(1, 2).reshape(B, T, D))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._mix(x, gla_chunked)
+        return self._mix(x, dispatch.gla)
 
     def reference(self, x: Tensor) -> Tensor:
         return self._mix(x, naive_gla)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from einsearch.primitives.attention import rope
 from einsearch.primitives.base import BuildError, Mixer, State, head_dim
+from einsearch.kernels import dispatch
 
 # Chunk sizes, tuned for forward + backward on one CPU thread at T = 1024, d_model = 64, 4 heads.
 GLA_CHUNK = 8  # a decay per channel: the intra-chunk tensor is (C, C, dk), so C stays small
@@ -219,7 +220,7 @@ class GLA(Mixer):
         return self.out(o.transpose(1, 2).reshape(B, T, D))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._mix(x, gla_chunked)
+        return self._mix(x, dispatch.gla)
 
     def reference(self, x: Tensor) -> Tensor:
         return self._mix(x, naive_gla)
@@ -276,7 +277,7 @@ class RetNet(Mixer):
         return self.out(o.transpose(1, 2).reshape(B, T, D))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._mix(x, gla_chunked)
+        return self._mix(x, dispatch.gla)
 
     def reference(self, x: Tensor) -> Tensor:
         return self._mix(x, naive_gla)
@@ -442,7 +443,7 @@ class DeltaNet(Mixer):
         return self.out(o.transpose(1, 2).reshape(B, T, D))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._mix(x, delta_rule_chunked)
+        return self._mix(x, dispatch.delta_rule)
 
     def reference(self, x: Tensor) -> Tensor:
         return self._mix(x, naive_delta_rule)

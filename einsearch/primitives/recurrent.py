@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 from einsearch.primitives.base import Mixer, State, head_dim
 from einsearch.primitives.graphs import GraphArgs, random_graph
+from einsearch.kernels import dispatch
 
 # ---------------------------------------------------------------- cells
 # Every cell maps (u, s, R, b) -> s_new for any leading dims:
@@ -178,6 +179,24 @@ CELLS = {
     ),
     "elman": CellSpec(elman_cell, ("h",), 1, 1, (0.0,)),
 }
+
+def naive_rnn_states(cell: str, u: Tensor, R: Tensor, b: Tensor, s0: Tensor | None = None) -> Tensor:
+    """The plain loop over t of a cell, returning every state (the reference of the fused kernel).
+
+    u (B, T, H, input_gates·d), R (H, d, recurrent_gates·d), b (H, recurrent_gates·d),
+    s0 (B, H, S) or None for zeros -> states (B, T, H, S), S = components·d, each step
+    `recurrent.CELLS[cell].step(u_t, s, R, b)`.
+    """
+    spec = CELLS[cell]
+    B, T, H, _ = u.shape
+    if s0 is None:
+        s0 = u.new_zeros(B, H, len(spec.components) * R.shape[1])
+    s, states = s0, []
+    for t in range(T):
+        s = spec.step(u[:, t], s, R, b)
+        states.append(s)
+    return torch.stack(states, 1) if states else u.new_zeros(B, 0, H, s0.shape[-1])
+
 
 # ---------------------------------------------------------------- sparse wiring
 
@@ -369,11 +388,8 @@ class RNN(Mixer):
     def naive_hidden_sequence(self, x: Tensor) -> Tensor:
         """The plain loop over t."""
         u, R = self._input_preactivations(x), self._masked_recurrent()
-        s, hs = self._initial_state(x.shape[0]), []
-        for t in range(x.shape[1]):
-            s = self.spec.step(u[:, t], s, R, self.recurrent_bias)  # (B, H, S)
-            hs.append(hidden_part(s, self.spec.components))
-        return torch.stack(hs, 1)
+        states = naive_rnn_states(self.cell, u, R, self.recurrent_bias, self._initial_state(x.shape[0]))
+        return hidden_part(states, self.spec.components)
 
     def newton_states(self, x: Tensor) -> tuple[Tensor, int]:
         """The state sequence (B, T, H, S) of the cell's Newton form, without gradients, and the iterations used."""
@@ -400,7 +416,8 @@ class RNN(Mixer):
     def hidden_sequence(self, x: Tensor) -> Tensor:
         if self.parallel == "newton":
             return self.newton_hidden_sequence(x)
-        return self.naive_hidden_sequence(x)
+        states = dispatch.rnn_states(self.cell, self._input_preactivations(x), self._masked_recurrent(), self.recurrent_bias)
+        return hidden_part(states, self.spec.components)
 
     # ---- the Mixer contract
     def forward(self, x: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from einsearch.primitives.base import Mixer, State, head_dim
+from einsearch.kernels import dispatch
 
 # Chunk lengths of the parallel forms, tuned for CPU: see the docstrings of the chunked functions.
 DIAG_CHUNK = 2
@@ -185,7 +186,7 @@ class DiagScan(Mixer):
         return delta * x, log_a, b, c
 
     def forward(self, x: Tensor) -> Tensor:
-        y, _ = scan_diag_chunked(*self._coefficients(x), chunk=self.chunk)
+        y, _ = dispatch.scan_diag(*self._coefficients(x), chunk=self.chunk)
         return y + self.skip * x
 
     def reference(self, x: Tensor) -> Tensor:
@@ -332,7 +333,7 @@ class Aaren(Mixer):
         return self.out(o.transpose(1, 2).reshape(B, T, self.d_model))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._output(aaren_chunked(*self._scores_values(x), chunk=self.chunk))
+        return self._output(dispatch.aaren(*self._scores_values(x), chunk=self.chunk))
 
     def reference(self, x: Tensor) -> Tensor:
         return self._output(naive_aaren(*self._scores_values(x)))
