@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -55,6 +56,49 @@ def _trainable(config: dict[str, Any]) -> None:
     tune.report({"objective": math.nan if value is None else value, "outcome": json.dumps(outcome)})
 
 
+def _driver_searcher_class():
+    from ray.tune.search import Searcher
+
+    class DriverSearcher(Searcher):
+        """Tune's view of the driver: `suggest` asks it for a job, `on_trial_complete` records one."""
+
+        def __init__(self, search: Search, update: Update):
+            super().__init__(metric="objective", mode="max" if search.maximize else "min")
+            self.search, self.update = search, update
+            self.jobs: dict[str, Job] = {}
+
+        def suggest(self, trial_id: str) -> dict | None:
+            job = self.search.next_job()
+            self.update()
+            if job is None:
+                return Searcher.FINISHED
+            self.jobs[trial_id] = job
+            return {"job": {**job.to_dict(), "metric": self.search.task.metric}}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            job = self.jobs.pop(trial_id)
+            if error:
+                self.search.finish(job, None, error="worker_crash")
+            elif result is None or "outcome" not in result:
+                self.search.finish(job, None, error="stopped")
+            else:
+                self.search.finish(job, json.loads(result["outcome"]))
+            self.update()
+
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: a run resumes from its own folder (trials.jsonl and the study)."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """See `save`."""
+
+        def __getstate__(self) -> dict:
+            # Tune pickles its searcher with the experiment, for Tuner.restore; einsearch resumes
+            # from its own run folder instead, so the live driver (locks, files) stays out.
+            return {k: v for k, v in self.__dict__.items() if k not in ("search", "update", "jobs")}
+
+    return DriverSearcher
+
+
 def run_ray(search: Search, update: Update = lambda: None) -> bool:
     """Run the search on Ray Tune; returns False if it was interrupted before finishing."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -63,33 +107,9 @@ def run_ray(search: Search, update: Update = lambda: None) -> bool:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import Searcher
-
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # einsearch shows its own progress
     config = search.config
     mode = "max" if search.maximize else "min"
-
-    class DriverSearcher(Searcher):
-        def __init__(self) -> None:
-            super().__init__(metric="objective", mode=mode)
-            self.jobs: dict[str, Job] = {}
-
-        def suggest(self, trial_id: str) -> dict | None:
-            job = search.next_job()
-            update()
-            if job is None:
-                return Searcher.FINISHED
-            self.jobs[trial_id] = job
-            return {"job": {**job.to_dict(), "metric": search.task.metric}}
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            job = self.jobs.pop(trial_id)
-            if error:
-                search.finish(job, None, error="worker_crash")
-            elif result is None or "outcome" not in result:
-                search.finish(job, None, error="stopped")
-            else:
-                search.finish(job, json.loads(result["outcome"]))
-            update()
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -100,7 +120,9 @@ def run_ray(search: Search, update: Update = lambda: None) -> bool:
         else:
             ray.init(num_cpus=config.workers, _temp_dir=_ray_temp_dir(), **kwargs)
     scheduler = (
-        ASHAScheduler(time_attr="step", grace_period=config.eval_interval or 1, reduction_factor=3, max_t=10**9)
+        ASHAScheduler(
+            metric="objective", mode=mode, time_attr="step", grace_period=config.eval_interval or 1, reduction_factor=3, max_t=10**9
+        )
         if config.scheduler == "asha"
         else FIFOScheduler()
     )
@@ -108,7 +130,7 @@ def run_ray(search: Search, update: Update = lambda: None) -> bool:
     tuner = tune.Tuner(
         tune.with_resources(_trainable, {"cpu": 1}),
         tune_config=tune.TuneConfig(
-            search_alg=DriverSearcher(),
+            search_alg=_driver_searcher_class()(search, update),
             scheduler=scheduler,
             num_samples=-1,
             max_concurrent_trials=config.workers,
