@@ -14,6 +14,7 @@ from einsearch.arch import Arch
 from einsearch.build import build
 from einsearch.costs import costs
 from einsearch.grammar import ArchSyntaxError, to_text
+from einsearch.grammar.printer import format_value
 from einsearch.grammar.seeds import resolve, seeds
 from einsearch.primitives.base import BuildError
 
@@ -47,7 +48,7 @@ def _arch(text: str) -> Arch:
 
 def _tree(arch: Arch, depth: int = 0) -> list[str]:
     head = arch.op + (f"({arch.variant})" if arch.variant else "")
-    params = " ".join(f"{k}={v}" for k, v in arch.params)
+    params = " ".join(f"{k}={format_value(v)}" for k, v in arch.params)
     lines = ["  " * depth + head + (f"  {params}" if params else "")]
     for child in arch.children:
         lines += _tree(child, depth + 1)
@@ -56,12 +57,19 @@ def _tree(arch: Arch, depth: int = 0) -> list[str]:
 
 @app.command()
 def show(
-    arch: Annotated[str, typer.Argument(help="Architecture text or a seed name.")],
+    arch: Annotated[str, typer.Argument(help="Architecture text, a seed name, or - to read one architecture per line from stdin.")],
     d_model: Annotated[int, typer.Option(help="Model width to build at.", min=1)] = 64,
     seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs and state size.", min=1)] = 1024,
 ) -> None:
     """Print an architecture's canonical text, its tree and its costs."""
-    tree = _arch(arch)
+    texts = [line for line in sys.stdin.read().splitlines() if line.strip()] if arch == "-" else [arch]
+    for i, text in enumerate(texts):
+        if i:
+            console.print()
+        _show(_arch(text), d_model, seq_len)
+
+
+def _show(tree: Arch, d_model: int, seq_len: int) -> None:
     try:
         module = build(tree, d_model)
     except BuildError as e:

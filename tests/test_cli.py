@@ -39,3 +39,11 @@ def test_unknown_seed_and_build_errors_are_status_2():
         result = runner.invoke(app, args)
         assert result.exit_code == 2, args
         assert "Traceback" not in result.output
+
+
+def test_show_reads_sampled_architectures_from_stdin():
+    lines = "conv(k=3)\nattn(softmax, heads=2, pos=rope)\n"
+    result = runner.invoke(app, ["show", "-", "--d-model", "16"], input=lines)
+    assert result.exit_code == 0, result.output
+    assert "conv(k=3)" in result.output and "attn(softmax, heads=2, pos=rope)" in result.output
+    assert result.output.count("parameters") == 2

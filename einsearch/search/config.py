@@ -17,7 +17,7 @@ class RunConfig:
     space: str = "full"  # a built-in space name or a path to a space file
     strategy: str = "evolution"  # random | evolution | tpe | nsga2
     seed_archs: tuple[str, ...] = ()  # seed names or architecture texts that start the search
-    trials: int = 24  # total evaluations (trained, failed, rejected and reused alike)
+    trials: int = 12  # total evaluations (trained, failed, rejected and reused alike)
     time_budget: float | None = None  # seconds of wall clock for the whole search
     trial_budget: str = "20s"  # each candidate's training budget: seconds and/or steps
     time_limit: float | None = None  # seconds before a candidate fails as "timeout" (default: the trainer's)
