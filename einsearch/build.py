@@ -73,7 +73,7 @@ class Builder:
         def make_node() -> Mixer:
             return self(a.children[0])
 
-        return Wired(self.d, make_node, graph=a["graph"], nodes=a["nodes"], k=a.get("k"), p=a.get("p"), seed=a["seed"])
+        return Wired(self.d, make_node, graph=a.variant, nodes=a["nodes"], k=a.get("k"), p=a.get("p"), seed=a["seed"])
 
     # token mixers
     def attn(self, a: Arch) -> Mixer:

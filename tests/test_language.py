@@ -52,7 +52,7 @@ def extend(inner):
         st.builds(lambda a, b, f: Arch("gate", None, (("fn", f),), (a, b)), inner, inner,
                   st.sampled_from(["sigmoid", "silu"])),
         st.builds(lambda c, n: Arch("repeat", None, (("n", n),), (c,)), inner, pos),
-        st.builds(lambda c, g, n, s, p: Arch("wired", None, (("graph", g), ("nodes", n)) + p + (("seed", s),), (c,)),
+        st.builds(lambda c, g, n, s, p: Arch("wired", g, (("nodes", n),) + (() if g == "ba" else p) + (("seed", s),), (c,)),
                   inner, st.sampled_from(["ws", "ba", "er"]), pos, st.integers(0, 10**6),
                   st.sampled_from([(), (("p", 0.25),), (("p", 0.125),)])),
     )
@@ -104,7 +104,7 @@ def test_parameter_access():
     assert arch.variant == "softmax"
     assert arch["heads"] == 4 and arch["window"] == 16 and arch.get("chunk") is None
     assert parse("mem(delta, heads=2, gated=true)")["gated"] is True
-    assert parse("wired(shift(), graph=er, nodes=6, p=0.3, seed=0)")["p"] == 0.3
+    assert parse("wired(er, shift(), nodes=6, p=0.3, seed=0)")["p"] == 0.3
 
 
 @pytest.mark.parametrize("case", sorted(p.stem for p in GOLDEN.glob("*.ein")))

@@ -44,8 +44,9 @@ def test_language_matches_arch_lark_by_hand():
     assert (par.min_children, par.variadic, par.keys) == (2, True, ("agg",))  # par(M, M, ..., agg)
     (gate,) = lang.forms["gate"]
     assert (gate.min_children, gate.variadic, gate.keys) == (2, False, ("fn",))
-    (wired,) = lang.forms["wired"]
-    assert wired.keys == ("graph", "nodes", "k", "p", "seed") and wired.optional == {"k", "p"}
+    ws, ba, er = (lang.form_of("wired", graph) for graph in ("ws", "ba", "er"))
+    assert ws.keys == ("nodes", "k", "p", "seed") and ws.optional == {"k", "p"}
+    assert ba.keys == ("nodes", "k", "seed") and er.keys == ("nodes", "p", "seed")
     softmax = lang.form_of("attn", "softmax")
     assert softmax.keys == ("heads", "window", "chunk", "pos") and softmax.optional == {"window", "chunk"}
     assert lang.form_of("attn", "linear").keys == ("heads", "phi")
@@ -55,7 +56,7 @@ def test_language_matches_arch_lark_by_hand():
     heads = softmax.param("heads")
     assert heads.allows(4) and not heads.allows(0)
     assert softmax.param("pos").words == ("rope", "none")
-    assert wired.param("p").allows(0.25) and not wired.param("p").allows(1.5)
+    assert er.param("p").allows(0.25) and not er.param("p").allows(1.5)
 
 
 # ---------------------------------------------------------------- the built-in spaces
@@ -179,8 +180,8 @@ BAD.update(
             r"\[attn.softmax.heads\] heads=8 does not split d_model=8 into heads of an even size",
         ),
         "bare decimal key": (
-            attn_broken("[attn.softmax]", "[wired]\np = { 0.5 = 1.0 }\n\n[attn.softmax]"),
-            r"\[wired.p\] '0' maps to a table; write decimal values as quoted keys",
+            attn_broken("[attn.softmax]", "[wired]\nvariant = { er = 1.0 }\n\n[wired.er]\np = { 0.5 = 1.0 }\n\n[attn.softmax]"),
+            r"\[wired.er.p\] '0' maps to a table; write decimal values as quoted keys",
         ),
     }
 )
