@@ -12,7 +12,16 @@ from einsearch.arch import Arch
 from einsearch.build import build
 from einsearch.causality import check_causal
 from einsearch.costs import Costs, costs
-from einsearch.grammar import ArchSyntaxError, SpaceError, crossover, load_space, mutate, parse, sample, to_text
+from einsearch.grammar import (
+    ArchSyntaxError,
+    SpaceError,
+    crossover,
+    load_space,
+    mutate,
+    parse,
+    sample,
+    to_text,
+)
 from einsearch.grammar.seeds import resolve, seeds
 from einsearch.primitives.base import BuildError
 from einsearch.tasks import Budget, TaskError, get_task

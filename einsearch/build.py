@@ -83,7 +83,10 @@ class Builder:
             from einsearch.primitives.linear_attention import LinearAttention
 
             return LinearAttention(self.d, a["heads"], phi=a["phi"])
-        from einsearch.primitives.sparse_attention import RoutingAttention, TopkBlockAttention
+        from einsearch.primitives.sparse_attention import (
+            RoutingAttention,
+            TopkBlockAttention,
+        )
 
         if a.variant == "routing":
             return RoutingAttention(self.d, a["heads"], clusters=a["clusters"])

@@ -259,7 +259,14 @@ def run_command(
 ) -> None:
     """Search the space for the best block on a task; Ctrl-C stops cleanly, --resume continues."""
     from einsearch.grammar import SpaceError
-    from einsearch.search import RunConfig, RunFolder, new_run_folder, parse_duration, resume as resume_run, start
+    from einsearch.search import (
+        RunConfig,
+        RunFolder,
+        new_run_folder,
+        parse_duration,
+        start,
+    )
+    from einsearch.search import resume as resume_run
     from einsearch.tasks import TaskError
 
     try:

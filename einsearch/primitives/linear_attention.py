@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from einsearch.kernels import dispatch
 from einsearch.primitives.base import Mixer, State, head_dim
 from einsearch.primitives.memory import gla_step, naive_gla
-from einsearch.kernels import dispatch
 
 FEATURE_MAPS = {
     "elu1": lambda x: F.elu(x) + 1,

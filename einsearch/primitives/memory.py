@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from einsearch.kernels import dispatch
 from einsearch.primitives.attention import rope
 from einsearch.primitives.base import BuildError, Mixer, State, head_dim
-from einsearch.kernels import dispatch
 
 # Chunk sizes, tuned for forward + backward on one CPU thread at T = 1024, d_model = 64, 4 heads.
 GLA_CHUNK = 8  # a decay per channel: the intra-chunk tensor is (C, C, dk), so C stays small

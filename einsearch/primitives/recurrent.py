@@ -61,9 +61,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from einsearch.kernels import dispatch
 from einsearch.primitives.base import Mixer, State, head_dim
 from einsearch.primitives.graphs import GraphArgs, random_graph
-from einsearch.kernels import dispatch
 
 # ---------------------------------------------------------------- cells
 # Every cell maps (u, s, R, b) -> s_new for any leading dims:

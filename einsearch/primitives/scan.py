@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from einsearch.primitives.base import Mixer, State, head_dim
 from einsearch.kernels import dispatch
+from einsearch.primitives.base import Mixer, State, head_dim
 
 # Chunk lengths of the parallel forms, tuned for CPU: see the docstrings of the chunked functions.
 DIAG_CHUNK = 2

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from einsearch.primitives.attention import visible
 from einsearch.primitives.base import Mixer, State, head_dim
 
-
 # ---------------------------------------------------------------------------- routing attention
 
 

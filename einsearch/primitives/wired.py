@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from einsearch.primitives.base import BuildError, Mixer, State
 from einsearch.primitives.graphs import KINDS, GraphArgs, random_graph
 
+
 def wired_graph(graph: str, nodes: int, k: int | None, p: float | None, seed: int) -> GraphArgs:
     """The random graph behind `wired(...)`, with the defaults filled in:
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,8 @@ from einsearch.grammar.seeds import resolve
 from einsearch.search.config import RunConfig
 from einsearch.search.record import RunFolder, TrialRecord
 from einsearch.search.strategies import make_strategy
-from einsearch.tasks.registry import get_task
+from einsearch.tasks import Budget, get_task
 from einsearch.train import TrainConfig, TrainResult, train
-from einsearch.tasks.base import Budget
 
 COST_KEYS = {"params": "params", "flops": "flops_per_token", "state": "state_size"}
 
@@ -50,10 +49,10 @@ class Job:
     seed: int
     eval_every: int | None
     weights: str | None  # where the worker saves the trained weights
-    started: float = field(default=0.0, compare=False)  # driver clock, not sent anywhere useful
+    started: float = 0.0  # the driver's clock when the job was handed out (not sent to workers)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "started"}
+        return {k: v for k, v in asdict(self).items() if k != "started"}
 
 
 def evaluate(job: dict[str, Any], callback=None) -> dict[str, Any]:

@@ -14,7 +14,15 @@ from typing import Any
 from einsearch.tasks.base import Task, TaskError
 from einsearch.tasks.dynamics import KuramotoSivashinsky, Lorenz96
 from einsearch.tasks.lm import LM
-from einsearch.tasks.mad import MAD, Compression, FuzzyRecall, Memorization, NoisyRecall, Recall, SelectiveCopy
+from einsearch.tasks.mad import (
+    MAD,
+    Compression,
+    FuzzyRecall,
+    Memorization,
+    NoisyRecall,
+    Recall,
+    SelectiveCopy,
+)
 from einsearch.tasks.mqar import MQAR
 from einsearch.tasks.passkey import Passkey
 from einsearch.tasks.series import CSVSeries
