@@ -90,7 +90,9 @@ class MQAR(TokenTask):
     batch_size: ClassVar[int] = 64
     lr: ClassVar[float] = 3e-3
 
-    vocab: int = option(8192, "vocabulary size: keys from [1, vocab/2), values from [vocab/2, vocab)")
+    # 256 by default: small enough for a CPU search to tell candidates apart within seconds of
+    # training; Zoology's sweeps use vocab=8192.
+    vocab: int = option(256, "vocabulary size: keys from [1, vocab/2), values from [vocab/2, vocab); Zoology: 8192")
     seq_len: int = option(64, "sequence length (even, below vocab)")
     pairs: int = option(8, "key-value pairs per sequence; 4*pairs <= seq_len")
     power_a: float = option(0.01, "power-law exponent a of the query gaps, p(g) ∝ a·g^(a-1); 1 = uniform")
