@@ -313,15 +313,17 @@ def report_command(
     records = folder.trials()
     board = leaderboard(records, maximize=task.mode == "max")
     table = Table(title=f"{run}: {len(records)} trials, {len(board)} scored (val/{task.metric})")
-    for column in ("rank", "trial", f"val/{task.metric}", "params", "FLOPs/token", "state", "architecture"):
-        table.add_column(column, justify="left" if column == "architecture" else "right", overflow="fold")
+    for column in ("rank", "trial", f"val/{task.metric}", "params", "FLOPs/token", "state"):
+        table.add_column(column, justify="right")
     for leader in board[:top]:
         r = leader.record
         table.add_row(
             str(leader.rank), str(r.number), f"{r.objectives[0]:.4g}", f"{r.costs.get('params', 0):,}",
-            f"{r.costs.get('flops_per_token', 0):,.0f}", f"{r.costs.get('state_size', 0):,}", r.arch,
+            f"{r.costs.get('flops_per_token', 0):,.0f}", f"{r.costs.get('state_size', 0):,}",
         )  # fmt: skip
     console.print(table)
+    for leader in board[:top]:  # whole, on their own lines: architectures are long
+        typer.echo(f"{leader.rank:>4}  {leader.record.arch}")
     reasons = Counter(f"{r.status} ({(r.reason or '?').split(' ')[0]})" for r in records if r.status != "ok")
     if reasons:
         typer.echo("not scored: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items())))
