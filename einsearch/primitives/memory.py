@@ -20,6 +20,7 @@ Conventions shared by the functional cores:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -185,7 +186,31 @@ class _GatedScores(torch.autograd.Function):
         return dq, dk, q * dq - k * dk
 
 
-class GLA(Mixer):
+class MatrixMemory(Mixer):
+    """What the matrix memories (GLA, RetNet, DeltaNet) share: a d×d state per head, computed over
+    the whole sequence by `fast` (the chunked form, or its Triton kernel) in `forward` and by the
+    plain loop `naive` in `reference`, then one output projection.  Subclasses give `_project`,
+    which turns x (B, T, D) into the core's arguments, and the two cores."""
+
+    fast: Callable
+    naive: Callable
+
+    def _mix(self, x: Tensor, core: Callable) -> Tensor:
+        B, T, D = x.shape
+        o, _ = core(*self._project(x), chunk=self.chunk)  # (B, H, T, d)
+        return self.out(o.transpose(1, 2).reshape(B, T, D))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._mix(x, self.fast)
+
+    def reference(self, x: Tensor) -> Tensor:
+        return self._mix(x, self.naive)
+
+    def init_state(self, batch: int) -> State:
+        return torch.zeros(batch, self.heads, self.d_head, self.d_head, device=self._device, dtype=self._dtype)
+
+
+class GLA(MatrixMemory):
     """Gated linear attention (Yang et al. 2024; RetNet is the case of a fixed scalar decay).
 
     Per head: S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, y_t = q_tᵀ S_t / √dk, with the input-dependent
@@ -193,6 +218,9 @@ class GLA(Mixer):
     (α ≈ 0.96 at initialisation).  q, k, v and the output are bias-free projections; the paper's
     output gate and group norm are left to the grammar (`gate`, `norm`).
     """
+
+    fast = staticmethod(dispatch.gla)
+    naive = staticmethod(naive_gla)
 
     gate_rank = 16
     gate_temperature = 16.0
@@ -214,20 +242,6 @@ class GLA(Mixer):
         log_alpha = log_alpha.view(B, T, self.heads, self.d_head).transpose(1, 2)
         return q / math.sqrt(self.d_head), k, v, log_alpha
 
-    def _mix(self, x: Tensor, core) -> Tensor:
-        B, T, D = x.shape
-        o, _ = core(*self._project(x), chunk=self.chunk)  # (B, H, T, d)
-        return self.out(o.transpose(1, 2).reshape(B, T, D))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._mix(x, dispatch.gla)
-
-    def reference(self, x: Tensor) -> Tensor:
-        return self._mix(x, naive_gla)
-
-    def init_state(self, batch: int) -> State:
-        return torch.zeros(batch, self.heads, self.d_head, self.d_head, device=self._device, dtype=self._dtype)
-
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         q, k, v, log_alpha = (t[:, :, 0] for t in self._project(x[:, None]))  # (B, H, d)
         o, state = gla_step(q, k, v, log_alpha, state)
@@ -244,7 +258,7 @@ class GLA(Mixer):
         return self.heads * self.d_head * self.d_head
 
 
-class RetNet(Mixer):
+class RetNet(MatrixMemory):
     """Retention (Sun et al. 2023, "Retentive Network"): GLA with a fixed decay per head.
 
     Per head h: S_t = γ_h S_{t-1} + k_t v_tᵀ, y_t = q_tᵀ S_t / √dk, with γ_h = 1 - 2^(-5-h) (the
@@ -252,6 +266,9 @@ class RetNet(Mixer):
     rotate-half RoPE of `attention.rope`, so the head size must be even).  The state carries the
     position as an integer.  The paper's group norm and swish gate are left to the grammar.
     """
+
+    fast = staticmethod(dispatch.gla)
+    naive = staticmethod(naive_gla)
 
     def __init__(self, d_model: int, heads: int, chunk: int = RETNET_CHUNK):
         super().__init__()
@@ -263,28 +280,17 @@ class RetNet(Mixer):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x (B, T, D), positions (T,) -> q, k, v (B, H, T, d) and log_alpha (B, H, T, 1)."""
+    def _project(self, x: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x (B, T, D), positions (T,) (default 0..T-1) -> q, k, v (B, H, T, d) and log_alpha (B, H, T, 1)."""
         B, T, _ = x.shape
+        positions = torch.arange(T, device=x.device) if positions is None else positions
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.d_head).permute(2, 0, 3, 1, 4)
         q, k = rope(q, positions) / math.sqrt(self.d_head), rope(k, positions)
         log_alpha = self.log_gamma.to(x.dtype)[:, None, None].expand(B, self.heads, T, 1)
         return q, k, v, log_alpha
 
-    def _mix(self, x: Tensor, core) -> Tensor:
-        B, T, D = x.shape
-        o, _ = core(*self._project(x, torch.arange(T, device=x.device)), chunk=self.chunk)  # (B, H, T, d)
-        return self.out(o.transpose(1, 2).reshape(B, T, D))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._mix(x, dispatch.gla)
-
-    def reference(self, x: Tensor) -> Tensor:
-        return self._mix(x, naive_gla)
-
     def init_state(self, batch: int) -> State:
-        h = torch.zeros(batch, self.heads, self.d_head, self.d_head, device=self._device, dtype=self._dtype)
-        return h, torch.zeros((), dtype=torch.long, device=self._device)
+        return super().init_state(batch), torch.zeros((), dtype=torch.long, device=self._device)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         h, position = state
@@ -401,7 +407,7 @@ def delta_rule_chunked(
     return merge_chunks(o, T), h
 
 
-class DeltaNet(Mixer):
+class DeltaNet(MatrixMemory):
     """DeltaNet (Schlag et al. 2021; Yang et al. 2024) and Gated DeltaNet (Yang et al. 2025).
 
     Per head: S_t = α_t S_{t-1} (I - β_t k_t k_tᵀ) + β_t v_t k_tᵀ, y_t = S_t q_t, with
@@ -411,6 +417,9 @@ class DeltaNet(Mixer):
     Mamba2: A ∈ [1, 16], dt ∈ [0.001, 0.1] log-uniform).  The short convolution and output gate of
     the reference layers are left to the grammar (`conv`, `gate`, `norm`).
     """
+
+    fast = staticmethod(dispatch.delta_rule)
+    naive = staticmethod(naive_delta_rule)
 
     def __init__(self, d_model: int, heads: int, gated: bool, chunk: int = DELTA_CHUNK):
         super().__init__()
@@ -436,20 +445,6 @@ class DeltaNet(Mixer):
         if self.gated:
             log_alpha = (-self.A_log.exp() * F.softplus(self.decay(x) + self.dt_bias)).transpose(1, 2)
         return q, k, v, beta, log_alpha
-
-    def _mix(self, x: Tensor, core) -> Tensor:
-        B, T, D = x.shape
-        o, _ = core(*self._project(x), chunk=self.chunk)  # (B, H, T, d)
-        return self.out(o.transpose(1, 2).reshape(B, T, D))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._mix(x, dispatch.delta_rule)
-
-    def reference(self, x: Tensor) -> Tensor:
-        return self._mix(x, naive_delta_rule)
-
-    def init_state(self, batch: int) -> State:
-        return torch.zeros(batch, self.heads, self.d_head, self.d_head, device=self._device, dtype=self._dtype)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         q, k, v, beta, log_alpha = self._project(x[:, None])
