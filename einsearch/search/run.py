@@ -150,7 +150,7 @@ class Search:
                 time_limit=self.config.time_limit,
                 seed=self.config.seed,
                 eval_every=self.config.eval_interval,
-                weights=str(self.folder.weights_path(trial.number)),
+                weights=str(self.folder.weights_path(trial.number).absolute()),  # workers run elsewhere
                 started=time.monotonic(),
             )
             trial.set_user_attr("origin", origin)

@@ -16,14 +16,16 @@ from tests.search.conftest import TINY_SPACE, TINY_TASK, tiny_config
 
 
 @pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "nsga2"])
-def test_each_strategy_runs_on_ray(ray_local, tmp_path, strategy):
+def test_each_strategy_runs_on_ray(ray_local, tmp_path, strategy, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative run folder, as `einsearch run` makes: Tune runs trials elsewhere
     config = tiny_config(strategy=strategy, executor="ray", trials=4, seed_archs=("res(conv(k=2))",))
-    outcome = start(config, RunFolder(tmp_path / "run"), live=False)
+    outcome = start(config, RunFolder("run"), live=False)
     assert outcome.completed
     records = outcome.search.folder.trials()
     assert len(records) == 4 and len({r.number for r in records}) == 4
     assert any(r.status == "ok" for r in records)
     assert all(r.status in ("ok", "failed") and r.reason != "worker_crash" for r in records)
+    assert (tmp_path / "run" / "best" / "weights.safetensors").exists()  # the workers' weights came back
 
 
 def test_asha_stops_or_finishes_every_trial(ray_local, tmp_path):
