@@ -281,9 +281,6 @@ def run_command(
                 scheduler=scheduler, objectives=tuple(o.strip() for o in objectives.split(",")),
                 max_params=max_params, max_flops=max_flops, d_model=d_model, layers=layers, seed=seed, storage=storage,
             )  # fmt: skip
-            from einsearch.tasks import Budget
-
-            Budget.parse(trial_budget)
             outcome = start(config, RunFolder(output) if output else new_run_folder())
     except (ValueError, TaskError, SpaceError, ArchSyntaxError, FileNotFoundError, FileExistsError) as e:
         fail(str(e))

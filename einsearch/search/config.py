@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from einsearch.tasks.base import Budget
+
 OBJECTIVES = ("metric", "params", "flops", "state")  # cost objectives are minimised
 EXECUTORS = ("ray", "inline")
 SCHEDULERS = ("fifo", "asha")
@@ -51,6 +53,10 @@ class RunConfig:
             problems.append(f"objectives repeat: {','.join(self.objectives)}")
         if self.time_budget is not None and self.time_budget <= 0:
             problems.append(f"time budget must be positive, got {self.time_budget}")
+        try:
+            Budget.parse(self.trial_budget)
+        except ValueError as e:
+            problems.append(f"trial budget: {e}")
         if problems:
             raise ValueError("; ".join(problems))
 

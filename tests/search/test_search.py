@@ -161,3 +161,22 @@ torch.save(model.eval()(torch.load({str(tmp_path / "tokens.pt")!r})), {str(tmp_p
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+def test_bad_run_options_are_one_line_and_status_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from einsearch.cli import app
+
+    runner = CliRunner()
+    for extra, message in [
+        (["--trial-budget", "soon"], "trial budget: cannot read budget 'soon'"),
+        (["--strategy", "annealing"], "unknown strategy 'annealing'"),
+        (["--space", "nowhere"], "nowhere"),
+        (["--seed-arch", "transfomer"], "neither architecture text nor a seed name"),
+        (["--objectives", "params"], "objectives must start with 'metric'"),
+    ]:
+        result = runner.invoke(app, ["run", "--executor", "inline", "--output", str(tmp_path / "never"), *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output and "Traceback" not in result.output, (extra, result.output)
+        assert not (tmp_path / "never").exists()  # nothing was started
