@@ -27,7 +27,6 @@ app = typer.Typer(
 console = Console()
 
 
-
 @app.callback()
 def _commands() -> None:
     """Search for sequence-mixer architectures."""
@@ -123,7 +122,7 @@ def sample_command(
     n: Annotated[int, typer.Option("-n", "--n", help="How many architectures.", min=1)] = 1,
     seed: Annotated[int | None, typer.Option(help="Random seed; the same seed prints the same list.")] = None,
 ) -> None:
-    """Print architectures drawn from a space, one per line (pipe one into `einsearch show`)."""
+    """Print architectures drawn from a space, one per line (pipe them into `einsearch show -`)."""
     import numpy as np
 
     from einsearch.grammar import sample
