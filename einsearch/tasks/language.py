@@ -65,6 +65,11 @@ class TokenTask(Task):
     def vocab_size(self) -> int:
         raise NotImplementedError
 
+    def check_splits(self) -> None:
+        """Every split needs at least one example (the fields `train`, `val`, `test`)."""
+        if min(self.train, self.val, self.test) < 1:
+            raise TaskError(f"{self.name}: train, val and test need at least one example each")
+
     def model(self, arch: Arch, d_model: int, layers: int) -> nn.Module:
         return LanguageModel(build_blocks(arch, d_model, layers), d_model, self.vocab_size)
 

@@ -217,10 +217,6 @@ class MadTask(TokenTask):
     def vocab_size(self) -> int:
         return self.vocab
 
-    def check(self) -> None:
-        if min(self.train, self.val, self.test) < 1:
-            raise TaskError(f"{self.name}: train, val and test need at least one example each")
-
     def make_data(self) -> Splits:
         def make() -> dict[str, np.ndarray]:
             arrays = {}
@@ -254,7 +250,7 @@ class Recall(MadTask):
     seed: int = option(0, _SEED)
 
     def __post_init__(self) -> None:
-        self.check()
+        self.check_splits()
         if self.seq_len % 2 or self.seq_len < 4 or self.vocab < 2:
             raise TaskError(f"recall: need an even seq_len >= 4 and vocab >= 2, got seq_len={self.seq_len}, vocab={self.vocab}")
 
@@ -277,7 +273,7 @@ class NoisyRecall(MadTask):
     seed: int = option(0, _SEED)
 
     def __post_init__(self) -> None:
-        self.check()
+        self.check_splits()
         if self.seq_len % 2 or self.seq_len < 4:
             raise TaskError(f"noisy_recall: need an even seq_len >= 4, got {self.seq_len}")
         if self.vocab - self.noise_vocab < 2 or self.noise_vocab < 1:
@@ -304,7 +300,7 @@ class FuzzyRecall(MadTask):
     seed: int = option(0, _SEED)
 
     def __post_init__(self) -> None:
-        self.check()
+        self.check_splits()
         half = (self.vocab - 1) // 2
         if self.k_motif < 1 or self.v_motif < 1 or self.k_motif > half or self.v_motif > self.vocab - 1 - half:
             raise TaskError(f"fuzzy_recall: motifs of {self.k_motif}/{self.v_motif} tokens do not fit a vocabulary of {self.vocab}")
@@ -329,7 +325,7 @@ class SelectiveCopy(MadTask):
     seed: int = option(0, _SEED)
 
     def __post_init__(self) -> None:
-        self.check()
+        self.check_splits()
         if self.vocab < 3 or self.to_copy < 1 or self.seq_len <= 2 * self.to_copy + 1:
             raise TaskError(f"selective_copy: need vocab >= 3, to_copy >= 1, seq_len > 2*to_copy + 1 = {2 * self.to_copy + 1}")
 
@@ -350,7 +346,7 @@ class Compression(MadTask):
     seed: int = option(0, _SEED)
 
     def __post_init__(self) -> None:
-        self.check()
+        self.check_splits()
         if self.vocab < 2 or self.seq_len < 2:
             raise TaskError(f"compression: need vocab >= 2 and seq_len >= 2, got {self.vocab}, {self.seq_len}")
 
@@ -374,7 +370,7 @@ class Memorization(MadTask):
     seed: int = option(0, _SEED)
 
     def __post_init__(self) -> None:
-        self.check()
+        self.check_splits()
         if self.vocab < 3 or self.seq_len % 2 or self.seq_len < 2:
             raise TaskError(f"memorization: need vocab >= 3 and an even seq_len, got {self.vocab}, {self.seq_len}")
 

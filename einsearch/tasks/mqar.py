@@ -112,8 +112,7 @@ class MQAR(TokenTask):
             raise TaskError(f"mqar: {self.pairs} distinct keys do not fit in a vocabulary half of {self.vocab // 2 - 1}")
         if not self.power_a > 0:
             raise TaskError(f"mqar: power_a must be positive, got {self.power_a}")
-        if min(self.train, self.val, self.test) < 1:
-            raise TaskError("mqar: train, val and test need at least one example each")
+        self.check_splits()
 
     @property
     def tokens(self) -> int:

@@ -83,8 +83,7 @@ class Passkey(TokenTask):
             value = getattr(self, name)
             if value and value < need:
                 raise TaskError(f"passkey: {name}={value} is shorter than the prompt without filler ({need} bytes)")
-        if min(self.train, self.val, self.test) < 1:
-            raise TaskError("passkey: train, val and test need at least one example each")
+        self.check_splits()
 
     @property
     def tokens(self) -> int:
