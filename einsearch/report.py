@@ -4,29 +4,12 @@ Pareto front, and which primitives the best candidates use."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from einsearch.grammar import parse
-from einsearch.search.record import RunFolder, TrialRecord
+from einsearch.search.record import RunFolder, TrialRecord, leaderboard, scored
 
 COSTS = ("params", "flops_per_token", "state_size")
-
-
-@dataclass(frozen=True)
-class Leader:
-    rank: int
-    record: TrialRecord
-
-
-def scored(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Trials with a usable objective, counting a reused result once (under its first trial)."""
-    return [r for r in records if r.status == "ok" and r.objectives and r.reused_from is None]
-
-
-def leaderboard(records: list[TrialRecord], maximize: bool) -> list[Leader]:
-    ranked = sorted(scored(records), key=lambda r: r.objectives[0], reverse=maximize)
-    return [Leader(i + 1, r) for i, r in enumerate(ranked)]
 
 
 def best_so_far(values: list[float], maximize: bool) -> list[float]:

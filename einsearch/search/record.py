@@ -118,3 +118,19 @@ class RunFolder:
             sampler=sampler,
             load_if_exists=True,
         )
+
+
+@dataclass(frozen=True)
+class Leader:
+    rank: int
+    record: TrialRecord
+
+
+def scored(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Trials with a usable objective, counting a reused result once (under its first trial)."""
+    return [r for r in records if r.status == "ok" and r.objectives and r.reused_from is None]
+
+
+def leaderboard(records: list[TrialRecord], maximize: bool) -> list[Leader]:
+    ranked = sorted(scored(records), key=lambda r: r.objectives[0], reverse=maximize)
+    return [Leader(i + 1, r) for i, r in enumerate(ranked)]

@@ -27,7 +27,7 @@ from einsearch.costs import costs as measure
 from einsearch.grammar import SpaceError, load_space, suggest
 from einsearch.grammar.seeds import resolve
 from einsearch.search.config import RunConfig
-from einsearch.search.record import RunFolder, TrialRecord
+from einsearch.search.record import RunFolder, TrialRecord, leaderboard
 from einsearch.search.strategies import make_strategy
 from einsearch.tasks import Budget, get_task
 from einsearch.train import TrainConfig, TrainResult, train
@@ -87,6 +87,7 @@ class Search:
         self.by_id: dict[str, TrialRecord] = {}
         self.elapsed_before = 0.0
         self.clock_start = time.monotonic()
+        self._best_written: int | None = None  # the trial whose files are in best/
 
     def attach(self) -> None:
         """Open the run folder's study and replay its finished trials (a resumed run continues)."""
@@ -258,27 +259,21 @@ class Search:
         return record
 
     def _keep_best_weights(self) -> None:
-        """Weights of the `keep_weights` best trials stay; the best also goes to best/."""
-        scored = sorted(
-            (r for r in self.records if r.status == "ok" and r.objectives and r.reused_from is None),
-            key=lambda r: r.objectives[0],
-            reverse=self.maximize,
-        )
-        keep = {r.number for r in scored[: self.config.keep_weights]}
-        for r in scored[self.config.keep_weights :]:
+        """Weights of the `keep_weights` best trials stay (only successful trials save any); the
+        best also goes to best/ whenever it changes."""
+        ranked = [leader.record for leader in leaderboard(self.records, self.maximize)]
+        for r in ranked[self.config.keep_weights :]:
             self.folder.weights_path(r.number).unlink(missing_ok=True)
-        for r in self.records:
-            if r.status != "ok" and r.number not in keep:
-                self.folder.weights_path(r.number).unlink(missing_ok=True)
-        if scored:
-            best = scored[0]
-            best_dir = self.folder.path / "best"
-            best_dir.mkdir(exist_ok=True)
-            (best_dir / "arch.txt").write_text(best.arch + "\n")
-            (best_dir / "trial.json").write_text(best.to_json() + "\n")
-            weights = self.folder.weights_path(best.number)
-            if weights.exists():
-                (best_dir / "weights.safetensors").write_bytes(weights.read_bytes())
+        if not ranked or ranked[0].number == self._best_written:
+            return
+        best, best_dir = ranked[0], self.folder.path / "best"
+        best_dir.mkdir(exist_ok=True)
+        (best_dir / "arch.txt").write_text(best.arch + "\n")
+        (best_dir / "trial.json").write_text(best.to_json() + "\n")
+        weights = self.folder.weights_path(best.number)
+        if weights.exists():
+            (best_dir / "weights.safetensors").write_bytes(weights.read_bytes())
+        self._best_written = best.number
 
     def _fail_stale_trials(self) -> None:
         """Trials left running by an interrupted session are closed as failed (they are re-proposed,
