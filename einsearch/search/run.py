@@ -120,10 +120,8 @@ class Search:
         return not self.running and not self.can_start()
 
     def best(self) -> TrialRecord | None:
-        scored = [r for r in self.records if r.status == "ok" and r.objectives]
-        if not scored:
-            return None
-        return (max if self.maximize else min)(scored, key=lambda r: r.objectives[0])
+        board = leaderboard(self.records, self.maximize)
+        return board[0].record if board else None
 
     # ------------------------------------------------------------------ proposing
     def next_job(self) -> Job | None:
@@ -261,7 +259,7 @@ class Search:
     def _keep_best_weights(self) -> None:
         """Weights of the `keep_weights` best trials stay (only successful trials save any); the
         best also goes to best/ whenever it changes."""
-        ranked = [leader.record for leader in leaderboard(self.records, self.maximize)]
+        ranked = [leader.record for leader in leaderboard(self.records, self.maximize)]  # best first
         for r in ranked[self.config.keep_weights :]:
             self.folder.weights_path(r.number).unlink(missing_ok=True)
         if not ranked or ranked[0].number == self._best_written:
