@@ -11,7 +11,7 @@ from einsearch.arch import Arch
 from einsearch.grammar import parse
 from einsearch.primitives.attention import SoftmaxAttention
 from einsearch.primitives.base import BuildError, Mixer
-from einsearch.primitives.channel import MLP, Act, Linear, Norm
+from einsearch.primitives.channel import MLP, Act, Identity, Linear, Norm
 from einsearch.primitives.combinators import Gate, Par, Repeat, Res, Seq
 from einsearch.primitives.local import Conv, Shift
 
@@ -66,6 +66,9 @@ class Builder:
 
     def shift(self, a: Arch) -> Mixer:
         return Shift(self.d)
+
+    def identity(self, a: Arch) -> Mixer:
+        return Identity(self.d)
 
     def wired(self, a: Arch) -> Mixer:
         from einsearch.primitives.wired import Wired

@@ -1,4 +1,5 @@
-"""Position-wise primitives: mlp, norm, linear, act (Transformer, Primer's relu²)."""
+"""Position-wise primitives: mlp, norm, linear, act (Transformer, Primer's relu²), and identity (the
+block that leaves everything to the model shell: DLinear inside a forecasting shell)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,18 @@ class Linear(Pointwise):
 
     def flops_per_token(self) -> float:
         return 2.0 * self.d_model**2
+
+
+class Identity(Pointwise):
+    """y = x.  No parameters, no FLOPs, no state: in a forecasting shell the model is then the
+    shell's linear patch embedding and head alone (DLinear, Zeng et al. 2023)."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.d_model = d_model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
 
 
 class Act(Pointwise):
