@@ -12,8 +12,12 @@ order of training batches.  Torch runs on ``threads`` threads (one by default: p
 candidates run as processes).
 
 At the end the model is evaluated on the validation and the test split (``val/<metric>``,
-``test/<metric>``); with ``eval_every`` and a ``callback``, the validation split is also evaluated
-every ``eval_every`` steps and the callback may stop training early (a search's pruning).
+``test/<metric>``).  The validation split is also evaluated during training, every
+``eval_every`` steps, or at each tenth of the budget when ``selection`` is ``"best"``; a
+``callback`` sees each of these evaluations and may stop training early (a search's pruning).
+``selection="best"`` (the task's default for forecasting) tests the weights of the best
+validation evaluation instead of the last ones: early stopping by selection, within the budget
+(``TrainResult.selected_step`` says which).
 
 `train` never raises because of the candidate: a failure is a `TrainResult` with
 ``status="failed"`` and a ``reason``:
@@ -70,12 +74,19 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the cosine ends at this fraction of the peak learning rate
     clip: float = 1.0  # largest gradient norm
     seed: int = 0  # initialisation and batch order
-    eval_every: int | None = None  # steps between validation evaluations passed to `callback`
+    eval_every: int | None = None  # steps between validation evaluations (None: each tenth of the budget when selecting)
+    selection: str | None = None  # "last" or "best" (on validation) weights are tested; None: the task's choice
     time_limit: float | None = None  # seconds for the whole run; None: 1.5 × a time budget + 60 s
     diverge_factor: float = 100.0
     threads: int | None = 1  # torch threads; None leaves torch's setting alone
     device: str = "cpu"
     weights_path: str | None = None  # where to save the trained weights (safetensors) of a run that ends ok
+
+    def __post_init__(self) -> None:
+        if self.selection not in (None, "last", "best"):
+            raise ValueError(f"selection must be 'last' or 'best', got {self.selection!r}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every must be at least 1, got {self.eval_every}")
 
     def limit(self, budget: Budget) -> float | None:
         if self.time_limit is not None:
@@ -107,7 +118,8 @@ class TrainResult:
     mode: str = "max"
     detail: str = ""  # the message behind a failure
     info: dict[str, Any] = field(default_factory=dict)  # facts about the task's data
-    history: tuple[dict[str, float], ...] = ()  # validation metrics at each `eval_every`
+    history: tuple[dict[str, float], ...] = ()  # validation metrics at each evaluation during training
+    selected_step: int = 0  # the step whose weights were tested (the last step unless selecting the best)
 
     @property
     def ok(self) -> bool:
@@ -246,6 +258,9 @@ def _train_one(
     generator = torch.Generator().manual_seed(config.seed)
     peak = config.lr if config.lr is not None else task.lr
     batch_size = config.batch_size or task.batch_size
+    selecting = (config.selection or task.selection) == "best"
+    evaluations = Evaluations(config.eval_every, tenths=selecting and config.eval_every is None)
+    best = Best(task.metric, task.mode) if selecting else None
     optimizer = make_optimizer(model, config, peak)
     params = [p for p in model.parameters() if p.requires_grad]
     history: list[dict[str, float]] = []
@@ -280,16 +295,23 @@ def _train_one(
             optimizer.step()
             step += 1
             outcome["steps"] = step
+            fraction = budget.progress(step, time.perf_counter() - train_started)
             if progress is not None:
-                progress(StepInfo(step, budget.progress(step, time.perf_counter() - train_started), running, time.perf_counter() - started))
-            if config.eval_every and callback is not None and step % config.eval_every == 0:
+                progress(StepInfo(step, fraction, running, time.perf_counter() - started))
+            if evaluations.due(step, fraction) and fraction < 1.0:  # the final evaluation follows the loop
                 val = evaluate(task, model, splits.val, started, limit)
                 history.append({"step": step, **val})
                 outcome["history"] = tuple(history)
-                if callback(step, val):
+                if best is not None:
+                    best.offer(step, val, model)
+                if callback is not None and callback(step, val):
                     outcome["metrics"] = {"train/loss": running, **{f"val/{k}": v for k, v in val.items()}}
                     return finish("ok", "stopped")
         val = evaluate(task, model, splits.val, started, limit)
+        outcome["selected_step"] = step
+        if best is not None and not best.offer(step, val, model):
+            model.load_state_dict(best.state)
+            val, outcome["selected_step"] = best.metrics, best.step
         test = evaluate(task, model, splits.test, started, limit)
     except Failure as failure:
         return finish("failed", failure.reason, failure.detail)
@@ -305,6 +327,40 @@ def _train_one(
     if config.weights_path is not None:
         save_weights(model, config.weights_path)
     return finish("ok", None)
+
+
+class Evaluations:
+    """When to evaluate the validation split during training: every `every` steps, or (`tenths`)
+    each time the budget's used fraction passes a tenth (which works for budgets in time too)."""
+
+    def __init__(self, every: int | None, tenths: bool):
+        self.every, self.tenths, self.next_tenth = every, tenths, 1
+
+    def due(self, step: int, fraction: float) -> bool:
+        if self.every is not None:
+            return step % self.every == 0
+        if self.tenths and fraction >= self.next_tenth / 10:
+            self.next_tenth = math.floor(fraction * 10) + 1
+            return True
+        return False
+
+
+class Best:
+    """The best validation evaluation so far (by `metric`, larger is better iff mode is "max")
+    and a copy of the weights that made it."""
+
+    def __init__(self, metric: str, mode: str):
+        self.metric, self.sign = metric, 1.0 if mode == "max" else -1.0
+        self.step, self.metrics, self.state = 0, {}, {}
+
+    def offer(self, step: int, metrics: dict[str, float], model: nn.Module) -> bool:
+        """Keep `model`'s weights if `metrics` beat every earlier offer (a tie keeps the earlier);
+        returns whether they were kept."""
+        if self.metrics and not self.sign * metrics[self.metric] > self.sign * self.metrics[self.metric]:
+            return False
+        self.step, self.metrics = step, dict(metrics)
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return True
 
 
 def save_weights(model: nn.Module, path: str) -> None:

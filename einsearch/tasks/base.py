@@ -10,7 +10,8 @@ supplies
 * ``loss(model, batch)`` -> scalar training loss on a batch drawn by ``train.sample``;
 * ``evaluate(model, split)`` -> ``{metric: value}`` on a whole validation or test split;
 * class attributes: the primary ``metric`` and whether it is maximised (``mode``), the default
-  ``budget``, ``batch_size`` and peak ``lr`` for the trainer.
+  ``budget``, ``batch_size`` and peak ``lr`` for the trainer, and which weights are tested
+  (``selection``: the last, or those of the best validation evaluation).
 
 All task-side problems (bad options, unreadable or malformed files) raise `TaskError`, whose
 message is one line meant for the user.
@@ -164,6 +165,7 @@ class Task(ABC):
     batch_size: ClassVar[int]
     lr: ClassVar[float]
     positional: ClassVar[str | None] = None  # the option a bare value after "name:" sets (e.g. a path)
+    selection: ClassVar[str] = "last"  # which weights are tested: "last", or "best" on validation
 
     @property
     def spec(self) -> str:

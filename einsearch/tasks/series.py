@@ -12,8 +12,11 @@ Splits follow the reference data loaders of those papers:
 The validation and test windows may start ``lookback`` rows before their part, so that their
 first forecast is of the part's first row.  Every channel is standardised with the mean and
 standard deviation of the training rows; MSE and MAE are reported on standardised values over
-every window (stride 1) of the split.  The model (`shell.WindowModel`) reads ``lookback`` rows
-(cut into patches of ``patch`` rows) and forecasts the next ``horizon`` rows at once.
+every window (stride 1) of the split, none dropped.  The model (`shell.ForecastModel`) reads
+``lookback`` rows and forecasts the next ``horizon`` rows at once, in the shell of PatchTST and
+DLinear: RevIN, channel independence, patches of 16 rows every 8, a flatten head (each an
+option).  Training keeps the weights of the best validation evaluation and tests those (the
+protocol of the forecasting literature: early stopping, here by selection within the budget).
 
 Problems with the file raise `TaskError` with one clear line: missing file, no channels, a
 non-numeric cell (column, row and value), a missing value / NaN (its row), too few rows for the
@@ -35,9 +38,11 @@ from torch import Tensor, nn
 
 from einsearch.arch import Arch
 from einsearch.tasks.base import Budget, Splits, Task, TaskError, model_device, option
-from einsearch.tasks.shell import WindowModel, build_blocks
+from einsearch.tasks.shell import ForecastModel, build_blocks, patch_count
 
 ROWS_PER_MONTH = {"ETTh": 30 * 24, "ETTm": 30 * 24 * 4}
+MIXINGS = ("independent", "mixed")
+HEADS = ("flatten", "last")
 
 
 @dataclass(frozen=True)
@@ -133,23 +138,36 @@ class CSVSeries(Task):
     batch_size: ClassVar[int] = 32
     lr: ClassVar[float] = 1e-3
     positional: ClassVar[str | None] = "path"
+    selection: ClassVar[str] = "best"
 
     path: str = option("", "the CSV file (required)")
     lookback: int = option(96, "rows the model reads")
     horizon: int = option(96, "rows forecast at once (the benchmarks use 96, 192, 336, 720)")
-    patch: int = option(1, "rows per input token (must divide lookback)")
+    patch: int = option(16, "rows per input token (PatchTST: 16)")
+    stride: int = option(8, "rows between the starts of consecutive patches (PatchTST: 8)")
+    mixing: str = option("independent", "independent: each channel its own sequence (PatchTST); mixed: one sequence of all channels")
+    head: str = option("flatten", "flatten: every position's features to the horizon (PatchTST); last: the last position's only")
+    revin: bool = option(True, "reversible instance normalisation of each window (Kim et al. 2022)")
+    decomp: int = option(0, "moving-average rows of DLinear's trend/seasonal decomposition (odd; 0: none; DLinear: 25)")
 
     def __post_init__(self) -> None:
         if not self.path:
             raise TaskError("csv: give the file, e.g. csv:data/ETTh1.csv,horizon=96")
         if self.lookback < 1 or self.horizon < 1:
             raise TaskError(f"csv: lookback and horizon must be positive, got {self.lookback}, {self.horizon}")
-        if self.patch < 1 or self.lookback % self.patch:
-            raise TaskError(f"csv: patch ({self.patch}) must divide lookback ({self.lookback})")
+        if not 1 <= self.patch <= self.lookback:
+            raise TaskError(f"csv: patch must be between 1 and lookback ({self.lookback}), got {self.patch}")
+        if not 1 <= self.stride <= self.patch:
+            raise TaskError(f"csv: stride must be between 1 and patch ({self.patch}), got {self.stride}")
+        for name, allowed in (("mixing", MIXINGS), ("head", HEADS)):
+            if getattr(self, name) not in allowed:
+                raise TaskError(f"csv: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.decomp < 0 or (self.decomp and self.decomp % 2 == 0):
+            raise TaskError(f"csv: decomp must be 0 or an odd number of rows (DLinear: 25), got {self.decomp}")
 
     @property
     def tokens(self) -> int:
-        return self.lookback // self.patch
+        return patch_count(self.lookback, self.patch, self.stride)
 
     def table(self) -> Table:
         return read_table(self.path)
@@ -173,7 +191,11 @@ class CSVSeries(Task):
 
     def model(self, arch: Arch, d_model: int, layers: int) -> nn.Module:
         channels = len(self.table().columns)
-        return WindowModel(build_blocks(arch, d_model, layers), d_model, channels, self.patch, self.horizon)
+        blocks = build_blocks(arch, d_model, layers * (2 if self.decomp else 1))  # decomp: a trend and a seasonal stack
+        return ForecastModel(
+            blocks, d_model, channels, self.lookback, self.horizon, self.patch, self.stride,
+            head=self.head, revin=self.revin, mixing=self.mixing, decomp=self.decomp,
+        )  # fmt: skip
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
         past, future = batch

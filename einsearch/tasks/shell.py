@@ -12,9 +12,8 @@ embedding/head matrix products) and inference state size (the sum over the block
 * `NextStepModel`: a linear projection of each state vector, a head predicting the increment to
   the next state at every position (x_{t+1} ≈ x_t + head(h_t)); the head starts at zero, so a
   fresh model is the persistence forecast.
-* `WindowModel`: optional non-overlapping patches of the lookback window (PatchTST, Nie et al.
-  2023), each projected linearly; the last position's features give the whole horizon at once,
-  as an offset from the last observed value (NLinear, Zeng et al. 2023).
+* `ForecastModel`: a lookback window to a horizon at once, with RevIN, channel independence,
+  strided patches, a flatten head and DLinear's decomposition as options (see the class).
 * `CompressionModel`: MAD's auto-encoder for the compression task (Poli et al. 2024): the blocks
   encode, the last position's features are the code, and a small MLP decodes each position from
   the code plus a sinusoidal position embedding.
@@ -102,29 +101,126 @@ class NextStepModel(Shell):
         return 2.0 * (self.embed.weight.numel() + self.head.weight.numel()) * seq_len
 
 
-class WindowModel(Shell):
-    """Lookback window (B, lookback, C) -> forecast (B, horizon, C).
+class ForecastModel(Shell):
+    """Lookback window (B, lookback, C) -> forecast (B, horizon, C), in the shell the long-horizon
+    forecasting literature converged on (each part an option of the ``csv`` task):
 
-    The window is cut into lookback/patch non-overlapping patches of `patch` steps; each patch
-    (patch*C numbers) is projected to d_model; the last position's features give
-    ŷ = x_last + reshape(W h_last)."""
+        x -> RevIN -> [decompose: seasonal, trend] -> patches -> embed -> blocks -> head -> sum -> RevIN⁻¹
 
-    def __init__(self, blocks: list[Mixer], d_model: int, channels: int, patch: int, horizon: int):
+    * ``revin``: reversible instance normalisation (Kim et al. 2022, without the affine part):
+      each window and channel is standardised by its own mean and std, and the forecast is mapped
+      back with the same statistics.
+    * ``mixing``: ``independent`` runs every channel as its own sequence of patches through the same
+      blocks (PatchTST, Nie et al. 2023); ``mixed`` makes one sequence whose tokens hold a patch of
+      every channel.
+    * patches of ``patch`` rows every ``stride`` rows, after repeating the last row ``stride``
+      times at the end (PatchTST's ``padding_patch="end"``); the last patch ends at the last row.
+    * ``head``: ``flatten`` maps the features of every position linearly to the horizon (PatchTST's
+      flatten head); ``last`` reads the last position only.
+    * ``decomp``: a moving average of that many rows (odd; 0 for none) splits the window into
+      trend and seasonal parts (DLinear, Zeng et al. 2023), each through its own embedding, blocks
+      and head, and the two forecasts are added.
+
+    There is no final norm: the head reads the residual stream, as PatchTST's does, so that with
+    the ``identity()`` block the whole model is linear in the (normalised) window — DLinear.  The
+    head starts at zero, so a fresh model forecasts the window's mean (with RevIN; otherwise 0).
+    """
+
+    def __init__(
+        self, blocks: list[Mixer], d_model: int, channels: int, lookback: int, horizon: int,
+        patch: int, stride: int, head: str, revin: bool, mixing: str, decomp: int,
+    ):  # fmt: skip
         super().__init__(blocks, d_model)
-        self.options = dict(channels=channels, patch=patch, horizon=horizon)
-        self.channels, self.patch, self.horizon = channels, patch, horizon
-        self.embed = nn.Linear(patch * channels, d_model, bias=False)
-        self.head = nn.Linear(d_model, horizon * channels, bias=False)
-        nn.init.zeros_(self.head.weight)
+        self.norm = nn.Identity()  # see the class docstring
+        self.options = dict(
+            channels=channels, lookback=lookback, horizon=horizon, patch=patch, stride=stride,
+            head=head, revin=revin, mixing=mixing, decomp=decomp,
+        )  # fmt: skip
+        self.channels, self.horizon, self.patch, self.stride = channels, horizon, patch, stride
+        self.revin, self.mixing, self.decomp, self.flatten = revin, mixing, decomp, head == "flatten"
+        self.positions = patch_count(lookback, patch, stride)
+        branches = 2 if decomp else 1
+        if len(blocks) % branches:
+            raise ValueError(f"decomposition needs an even number of blocks, got {len(blocks)}")
+        self.layers = len(blocks) // branches
+        width = patch if mixing == "independent" else patch * channels  # numbers per token
+        out = horizon if mixing == "independent" else horizon * channels  # numbers per sequence
+        features = d_model * (self.positions if self.flatten else 1)
+        self.embeds = nn.ModuleList(nn.Linear(width, d_model, bias=False) for _ in range(branches))
+        self.heads = nn.ModuleList(nn.Linear(features, out) for _ in range(branches))
+        for head_layer in self.heads:
+            nn.init.zeros_(head_layer.weight)
+            nn.init.zeros_(head_layer.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, C = x.shape
-        patches = x.reshape(B, T // self.patch, self.patch * C)  # (B, T/P, P*C)
-        h = self.trunk(self.embed(patches))[:, -1]  # (B, D)
-        return x[:, -1:, :] + self.head(h).view(B, self.horizon, C)
+    def forward(self, x: Tensor) -> Tensor:  # (B, L, C) -> (B, H, C)
+        if self.revin:
+            mean, std = instance_statistics(x)  # (B, 1, C) each
+            x = (x - mean) / std
+        parts = decompose(x, self.decomp) if self.decomp else (x,)
+        y = sum(self._branch(i, part) for i, part in enumerate(parts))
+        return y * std + mean if self.revin else y
+
+    def _branch(self, i: int, x: Tensor) -> Tensor:
+        B, L, C = x.shape
+        tokens = patches(x, self.patch, self.stride)  # (B, C, N, P)
+        if self.mixing == "independent":
+            h = tokens.reshape(B * C, self.positions, self.patch)  # (B*C, N, P)
+        else:
+            h = tokens.permute(0, 2, 1, 3).reshape(B, self.positions, C * self.patch)  # (B, N, C*P)
+        h = self.embeds[i](h)  # (B', N, D)
+        for block in self.blocks[i * self.layers : (i + 1) * self.layers]:
+            h = block(h)
+        h = h.flatten(1) if self.flatten else h[:, -1]  # (B', N*D) or (B', D)
+        y = self.heads[i](h)  # (B*C, H) or (B, H*C)
+        if self.mixing == "independent":
+            return y.view(B, C, self.horizon).transpose(1, 2)
+        return y.view(B, self.horizon, C)
+
+    @property
+    def sequences(self) -> int:
+        """Sequences the blocks see per example: one per channel when channels are independent."""
+        return self.channels if self.mixing == "independent" else 1
 
     def io_flops(self, seq_len: int) -> float:
-        return 2.0 * self.embed.weight.numel() * seq_len + 2.0 * self.head.weight.numel()
+        embed = sum(2.0 * e.weight.numel() * seq_len for e in self.embeds)
+        return self.sequences * (embed + sum(2.0 * h.weight.numel() for h in self.heads))
+
+    def flops(self, seq_len: int) -> float:
+        return self.sequences * sum(block.flops(seq_len) for block in self.blocks) + self.io_flops(seq_len)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.sequences * super().state_size(seq_len)
+
+
+def patch_count(lookback: int, patch: int, stride: int) -> int:
+    """Patches of a window padded by `stride` repeated last rows (PatchTST)."""
+    return (lookback + stride - patch) // stride + 1
+
+
+def patches(x: Tensor, patch: int, stride: int) -> Tensor:
+    """(B, L, C) -> (B, C, N, patch): the window with its last row repeated `stride` times, cut
+    into patches every `stride` rows, aligned so that the last patch ends at the last row."""
+    x = x.transpose(1, 2)  # (B, C, L)
+    x = torch.cat([x, x[..., -1:].expand(*x.shape[:-1], stride)], dim=-1)  # (B, C, L + stride)
+    count = patch_count(x.shape[-1] - stride, patch, stride)
+    first = x.shape[-1] - (count - 1) * stride - patch
+    return x[..., first:].unfold(-1, patch, stride)
+
+
+def instance_statistics(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """RevIN's statistics of each window and channel: mean and std over time, (B, 1, C) each."""
+    mean = x.mean(dim=1, keepdim=True)
+    std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + eps)
+    return mean.detach(), std.detach()
+
+
+def decompose(x: Tensor, kernel: int) -> tuple[Tensor, Tensor]:
+    """DLinear's series decomposition of (B, L, C): (seasonal, trend), the trend a centred moving
+    average of `kernel` rows (odd), the window extended by repeating its first and last rows."""
+    half = (kernel - 1) // 2
+    padded = torch.cat([x[:, :1].expand(-1, half, -1), x, x[:, -1:].expand(-1, half, -1)], dim=1)
+    trend = padded.unfold(1, kernel, 1).mean(dim=-1)  # (B, L, C)
+    return x - trend, trend
 
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:

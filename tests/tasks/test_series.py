@@ -62,18 +62,29 @@ def test_other_files_split_70_10_20(tmp_path):
     assert np.allclose(splits.test.series.numpy(), (values[780:] - mean) / std, atol=1e-5)
 
 
-def test_a_fresh_model_forecasts_the_last_value_and_mse_mae_match_numpy(tmp_path):
+def test_a_fresh_model_forecasts_the_window_mean_and_mse_mae_match_numpy(tmp_path):
     path = tmp_path / "series.csv"
     write_csv(path, 300)
-    task = get_task(f"csv:{path},lookback=16,horizon=8,patch=4")
+    task = get_task(f"csv:{path},lookback=16,horizon=8,patch=4,stride=4")
     model = task.model(einsearch.parse("mlp(expand=1, act=relu)"), 8, 1)
     split = task.data().test
     metrics = task.evaluate(model, split)
     series = split.series.numpy()
-    errors = np.stack([series[s + 16 : s + 24] - series[s + 15] for s in range(split.count)])
+    errors = np.stack([series[s + 16 : s + 24] - series[s : s + 16].mean(0) for s in range(split.count)])
     assert metrics["mse"] == pytest.approx((errors**2).mean(), rel=1e-5)
     assert metrics["mae"] == pytest.approx(np.abs(errors).mean(), rel=1e-5)
-    assert task.tokens == 4
+    assert task.tokens == 5  # (16 + 4 - 4) / 4 + 1 patches after PatchTST's end padding
+
+
+def test_every_test_window_is_evaluated_none_dropped(tmp_path):
+    """Evaluation covers each of the split's windows once, also when they do not fill the last batch."""
+    path = tmp_path / "series.csv"
+    write_csv(path, 700)
+    task = get_task(f"csv:{path},lookback=16,horizon=8,patch=4,stride=4")
+    split = task.data().test
+    assert split.count == 140 + 16 - 16 - 8 + 1 and split.count % 256 != 0
+    seen = torch.cat([past[:, 0] for past, _ in split.batches(256)])
+    assert torch.equal(seen, split.series[: split.count])
 
 
 def test_missing_file(tmp_path):
@@ -85,7 +96,7 @@ def test_non_numeric_column_names_column_and_row(tmp_path):
     path = tmp_path / "bad.csv"
     write_csv(path, 50, edit=lambda i, cells: cells.__setitem__(2, "high") if i == 9 else None)
     with pytest.raises(TaskError, match=r"row 11: column 'OT' is not numeric \('high'\)"):
-        get_task(f"csv:{path},lookback=4,horizon=2").data()
+        get_task(f"csv:{path},lookback=4,horizon=2,patch=2,stride=1").data()
 
 
 @pytest.mark.parametrize("missing", ["nan", "NaN", ""])
@@ -93,14 +104,14 @@ def test_nan_names_its_row(tmp_path, missing):
     path = tmp_path / "nan.csv"
     write_csv(path, 50, edit=lambda i, cells: cells.__setitem__(0, missing) if i == 20 else None)
     with pytest.raises(TaskError, match=r"row 22: missing value \(NaN\) in column 'c0'"):
-        get_task(f"csv:{path},lookback=4,horizon=2").data()
+        get_task(f"csv:{path},lookback=4,horizon=2,patch=2,stride=1").data()
 
 
 def test_too_short_series(tmp_path):
     path = tmp_path / "short.csv"
     write_csv(path, 60)
     with pytest.raises(TaskError, match="fewer than lookback \\+ horizon"):
-        get_task(f"csv:{path},lookback=24,horizon=12").data()
+        get_task(f"csv:{path},lookback=24,horizon=12,patch=4,stride=2").data()
     ett = tmp_path / "ETTh2.csv"
     write_csv(ett, 500)
     with pytest.raises(TaskError, match="20 months"):
@@ -110,5 +121,13 @@ def test_too_short_series(tmp_path):
 def test_bad_options():
     with pytest.raises(TaskError, match="give the file"):
         get_task("csv")
-    with pytest.raises(TaskError, match="patch"):
-        get_task("csv:x.csv,lookback=10,patch=3")
+    with pytest.raises(TaskError, match="patch must be between 1 and lookback"):
+        get_task("csv:x.csv,lookback=10,patch=12")
+    with pytest.raises(TaskError, match="stride must be between 1 and patch"):
+        get_task("csv:x.csv,patch=4,stride=8")
+    with pytest.raises(TaskError, match="mixing must be one of independent, mixed"):
+        get_task("csv:x.csv,mixing=both")
+    with pytest.raises(TaskError, match="head must be one of flatten, last"):
+        get_task("csv:x.csv,head=mean")
+    with pytest.raises(TaskError, match="decomp must be 0 or an odd number"):
+        get_task("csv:x.csv,decomp=24")
