@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from einsearch.grammar import ArchSyntaxError, to_text
 from einsearch.grammar.printer import format_value
 from einsearch.grammar.seeds import resolve, seeds
 from einsearch.primitives.base import BuildError
+
+if TYPE_CHECKING:
+    from einsearch.search.finalists import Summary
 
 app = typer.Typer(
     help="Search for sequence-mixer architectures.",
@@ -249,6 +252,9 @@ def run_command(
     objectives: Annotated[str, typer.Option(help="metric, optionally with params, flops, state: e.g. metric,params.")] = "metric",
     max_params: Annotated[int | None, typer.Option(help="Reject candidates with more parameters, untrained.", min=1)] = None,
     max_flops: Annotated[float | None, typer.Option(help="Reject candidates with more FLOPs per token, untrained.", min=0)] = None,
+    max_state: Annotated[int | None, typer.Option(help="Reject candidates with more floats of inference state at the task's length, untrained.", min=0)] = None,
+    finalists: Annotated[int, typer.Option(help="At the end, retrain the top K and the comparison seeds (0: skip).", min=0)] = 3,
+    final_seeds: Annotated[int, typer.Option(help="Training seeds per finalist and comparison seed.", min=2)] = 3,
     d_model: Annotated[int, typer.Option(help="Model width.", min=1)] = 64,
     layers: Annotated[int, typer.Option(help="Copies of the block.", min=1)] = 2,
     output: Annotated[str | None, typer.Option(help="Run folder (default: a new dated folder under runs/).")] = None,
@@ -278,7 +284,8 @@ def run_command(
                 time_budget=parse_duration(time_budget) if time_budget else None,
                 trial_budget=trial_budget, workers=workers, executor=executor, address=address,
                 scheduler=scheduler, objectives=tuple(o.strip() for o in objectives.split(",")),
-                max_params=max_params, max_flops=max_flops, d_model=d_model, layers=layers, seed=seed, storage=storage,
+                max_params=max_params, max_flops=max_flops, max_state=max_state, d_model=d_model, layers=layers,
+                seed=seed, storage=storage, finalists=finalists, final_seeds=final_seeds,
             )  # fmt: skip
             outcome = start(config, RunFolder(output) if output else new_run_folder())
     except (ValueError, TaskError, SpaceError, ArchSyntaxError, FileNotFoundError, FileExistsError) as e:
@@ -288,6 +295,51 @@ def run_command(
         typer.echo(f"stopped; finished trials are recorded. Continue with: einsearch run --resume {folder}", err=True)
         raise typer.Exit(130)
     typer.echo(f"done: {len(outcome.search.records)} trials in {folder}. See: einsearch report {folder}")
+    if outcome.final is not None:
+        from einsearch.report import verdict_line
+
+        typer.echo(verdict_line(outcome.final))
+
+
+@app.command("final")
+def final_command(
+    run: Annotated[str, typer.Argument(help="A run folder.")],
+    finalists: Annotated[int | None, typer.Option(help="How many of the best architectures (default: the run's).", min=1)] = None,
+    final_seeds: Annotated[int | None, typer.Option(help="Training seeds each (default: the run's).", min=2)] = None,
+) -> None:
+    """Retrain a run's top architectures and its comparison seeds at the full trial budget with
+    several training seeds, and say whether a candidate beats the best seed (mean ± std, Welch
+    test). Trainings already recorded are not repeated, so this also continues an interrupted final."""
+    from einsearch.search import RunFolder, final
+    from einsearch.tasks import TaskError
+
+    try:
+        summary = final(RunFolder(run), k=finalists, n=final_seeds)
+    except (ValueError, TaskError, ArchSyntaxError, FileNotFoundError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        typer.echo(f"stopped; finished trainings are recorded. Continue with: einsearch final {run}", err=True)
+        raise typer.Exit(130) from None
+    if summary is None:  # the run's config says finalists=0
+        typer.echo("no finalists: this run asks for none (use --finalists K)")
+        return
+    _print_finalists(summary, run)
+
+
+def _print_finalists(summary: Summary | None, run: str) -> None:
+    """The finalists' table, their architectures in full, the seeds left out, and the verdict."""
+    from einsearch.report import finalists_table, verdict_line
+
+    if summary is not None and summary.candidates:
+        console.print(finalists_table(summary))
+        for s in summary.standings:  # whole, on their own lines: architectures are long
+            if s.entrant.name is None:
+                typer.echo(f"{s.entrant.label if s.entrant.trial is not None else 'seed':>10}  {s.entrant.arch}")
+        for name, why in summary.excluded.items():
+            typer.echo(f"seed {name} left out: {why}")
+        if not summary.complete:
+            typer.echo(f"(unfinished: einsearch final {run} continues it)")
+    typer.echo(verdict_line(summary))
 
 
 @app.command("report")
@@ -295,9 +347,10 @@ def report_command(
     run: Annotated[str, typer.Argument(help="A run folder.")],
     top: Annotated[int, typer.Option(help="Rows of the leaderboard.", min=1)] = 10,
 ) -> None:
-    """Print a run's leaderboard and write its plots (PNG) into the run folder."""
+    """Print a run's leaderboard, its finalists and verdict, and write its plots (PNG) into the run folder."""
     from einsearch.report import leaderboard, write_plots
     from einsearch.search import RunFolder
+    from einsearch.search.finalists import read_summary
     from einsearch.tasks import get_task
 
     folder = RunFolder(run)
@@ -323,6 +376,7 @@ def report_command(
     reasons = Counter(f"{r.status} ({(r.reason or '?').split(' ')[0]})" for r in records if r.status != "ok")
     if reasons:
         typer.echo("not scored: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items())))
+    _print_finalists(read_summary(folder), run)
     for path in write_plots(folder, records, f"val/{task.metric}", maximize=task.mode == "max"):
         typer.echo(f"wrote {path}")
 

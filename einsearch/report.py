@@ -1,12 +1,16 @@
 """Tables and plots of a run folder: leaderboard, best-so-far curves, cost scatter with the
-Pareto front, and which primitives the best candidates use."""
+Pareto front, which primitives the best candidates use, and the finalists' table and verdict."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
+from rich import box
+from rich.table import Table
+
 from einsearch.grammar import parse
+from einsearch.search.finalists import Standing, Summary, verdict
 from einsearch.search.record import RunFolder, TrialRecord, leaderboard, scored
 
 COSTS = ("params", "flops_per_token", "state_size")
@@ -103,3 +107,72 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- finalists
+
+
+def _mean_std(s: Standing) -> str:
+    if s.mean is None:
+        return "—"
+    return f"{s.mean:.3g} ± {s.std:.2g}" if s.std is not None else f"{s.mean:.3g}"
+
+
+def _short(text: str, width: int = 30) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def finalists_table(summary: Summary) -> Table:
+    """One row per architecture in the final (candidates by their search trial, seeds by name):
+    mean ± std of the test metric over the training seeds, Welch's p against the best seed, and
+    the costs."""
+    best = summary.best
+    title = (
+        f"finalists: {summary.metric}, mean ± std over {summary.training_seeds} training seeds at {summary.budget}; "
+        f"p: Welch vs the best seed{'' if best is None else ' ' + best.entrant.label}"
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    table.add_column("arch", overflow="ellipsis", no_wrap=True, max_width=12)
+    table.add_column("role", no_wrap=True)
+    for column in ("n", summary.metric, "p", "params", "FLOPs/token", "state"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for s in summary.standings:
+        c = s.costs
+        table.add_row(
+            _short(s.entrant.label), s.entrant.role if s is not best else "best seed",
+            str(s.n) + (f" ({s.failed} failed)" if s.failed else ""), _mean_std(s),
+            "—" if s.p is None else f"{s.p:.2g}",
+            f"{c['params']:,}" if c else "—", f"{c['flops_per_token']:,.0f}" if c else "—", f"{c['state_size']:,}" if c else "—",
+        )  # fmt: skip
+    return table
+
+
+def _ratio(name: str, mine: float, theirs: float) -> str:
+    if theirs == 0:
+        return f"{name} ×1" if mine == 0 else f"{name} {mine:,.0f} vs 0"
+    return f"{name} ×{mine / theirs:.2g}"
+
+
+def verdict_line(summary: Summary | None) -> str:
+    """One line: does the found architecture beat the best seed, on the finalists' evidence?"""
+    if summary is None:
+        return "verdict: no finalists yet (einsearch final RUN trains them)"
+    if not summary.candidates:
+        return "verdict: no finalists — the search has no scored trial yet"
+    found = verdict(summary)
+    if found is None:
+        return "verdict: none yet — no finalist and no comparison seed has finished a training"
+    mine, theirs = found.candidate, found.seed
+    p = "Welch p undefined" if mine.p is None else f"Welch p={mine.p:.2g}"
+    beats = "beats" if found.wins else "does not beat"
+    costs = ""
+    if mine.costs and theirs.costs:
+        costs = ", " + ", ".join(
+            _ratio(name, mine.costs[key], theirs.costs[key])
+            for name, key in (("params", "params"), ("FLOPs", "flops_per_token"), ("state", "state_size"))
+        )
+    return (
+        f"verdict: {mine.entrant.arch} {beats} the best seed {theirs.entrant.label}: "
+        f"{summary.metric} {_mean_std(mine)} vs {_mean_std(theirs)} ({p}){costs}"
+    )
+

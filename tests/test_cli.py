@@ -47,3 +47,9 @@ def test_show_reads_sampled_architectures_from_stdin():
     assert result.exit_code == 0, result.output
     assert "conv(k=3)" in result.output and "attn(softmax, heads=2, pos=rope)" in result.output
     assert result.output.count("parameters") == 2
+
+
+def test_final_on_a_missing_run_folder_is_one_line_and_status_2(tmp_path):
+    result = runner.invoke(app, ["final", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {tmp_path / 'nowhere'} is not a run folder (no config.json)"

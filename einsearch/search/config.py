@@ -31,11 +31,14 @@ class RunConfig:
     objectives: tuple[str, ...] = ("metric",)
     max_params: int | None = None  # cheap constraints: candidates above are rejected untrained
     max_flops: float | None = None  # per token, at the task's sequence length
+    max_state: int | None = None  # floats of inference state, at the task's sequence length
     d_model: int = 64
     layers: int = 2
     seed: int = 0
     storage: str | None = None  # an Optuna storage URL; None: the journal file in the run folder
     keep_weights: int = 10  # trained weights kept for this many best trials
+    finalists: int = 3  # the search ends by retraining its top-k architectures and the comparison seeds (0: not)
+    final_seeds: int = 3  # ... each with this many training seeds, at the full trial budget
 
     def __post_init__(self) -> None:
         problems = []
@@ -51,6 +54,12 @@ class RunConfig:
             problems.append(f"objectives must start with 'metric' and use {', '.join(OBJECTIVES)}, got {','.join(self.objectives)}")
         if len(set(self.objectives)) != len(self.objectives):
             problems.append(f"objectives repeat: {','.join(self.objectives)}")
+        if self.finalists < 0:
+            problems.append(f"finalists must be at least 0, got {self.finalists}")
+        if self.finalists > 0 and self.final_seeds < 2:
+            problems.append(f"final seeds must be at least 2 (a mean ± std needs two), got {self.final_seeds}")
+        if self.max_state is not None and self.max_state < 0:
+            problems.append(f"max state must be at least 0, got {self.max_state}")
         if self.time_budget is not None and self.time_budget <= 0:
             problems.append(f"time budget must be positive, got {self.time_budget}")
         try:

@@ -8,7 +8,8 @@ the next `Job` and hand back each job's outcome:
     search.finish(job, outcome)      # record it (trials.jsonl + Optuna study), tell the strategy
 
 Before a job is handed out, duplicates (same `Arch.id` as a finished trial) reuse that trial's
-result, and candidates over `max_params`/`max_flops` are rejected; neither costs any training.
+result, and candidates over `max_params`/`max_flops`/`max_state` are rejected; neither costs any
+training.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from einsearch.grammar.seeds import resolve
 from einsearch.search.config import RunConfig
 from einsearch.search.record import RunFolder, TrialRecord, leaderboard
 from einsearch.search.strategies import make_strategy
-from einsearch.tasks import Budget, get_task
+from einsearch.tasks import Budget, Task, get_task
 from einsearch.train import TrainConfig, TrainResult, train
 
 COST_KEYS = {"params": "params", "flops": "flops_per_token", "state": "state_size"}
@@ -158,19 +159,16 @@ class Search:
         return None
 
     def _rejection(self, arch: Arch) -> tuple[str, dict[str, float]] | None:
-        """Cheap constraints, checked on a built (untrained) model."""
-        if self.config.max_params is None and self.config.max_flops is None:
+        """Cheap constraints (`max_params`, `max_flops`, `max_state`), checked on a built
+        (untrained) model."""
+        if not has_limits(self.config):
             return None
         try:
-            model = self.task.model(arch, self.config.d_model, self.config.layers)
+            cost = model_costs(self.task, arch, self.config.d_model, self.config.layers)
         except Exception:  # noqa: BLE001 - a build error is the trainer's to report
             return None
-        cost = measure(model, self.task.tokens).as_dict()
-        if self.config.max_params is not None and cost["params"] > self.config.max_params:
-            return f"params {cost['params']:,} > max {self.config.max_params:,}", cost
-        if self.config.max_flops is not None and cost["flops_per_token"] > self.config.max_flops:
-            return f"FLOPs/token {cost['flops_per_token']:,.0f} > max {self.config.max_flops:,.0f}", cost
-        return None
+        reason = over_limits(cost, self.config)
+        return None if reason is None else (reason, cost)
 
     # ------------------------------------------------------------------ finishing
     def finish(self, job: Job, outcome: dict[str, Any] | None, error: str | None = None) -> TrialRecord:
@@ -297,3 +295,26 @@ def new_run_folder(root: str | Path = "runs") -> RunFolder:
     return RunFolder(path)
 
 
+# ---------------------------------------------------------------------------------------------- constraints
+# Shared with the finalists stage, which holds the comparison seeds to the same limits.
+
+
+def model_costs(task: Task, arch: Arch, d_model: int, layers: int) -> dict[str, Any]:
+    """Parameters, FLOPs/token and state size of `arch` in `task`'s model shell, at the task's
+    sequence length (what the trainer records as a result's costs)."""
+    return measure(task.model(arch, d_model, layers), task.tokens).as_dict()
+
+
+def has_limits(config: RunConfig) -> bool:
+    return any(limit is not None for limit in (config.max_params, config.max_flops, config.max_state))
+
+
+def over_limits(cost: dict[str, Any], config: RunConfig) -> str | None:
+    """Why `cost` breaks the run's cheap constraints, or None if it keeps them."""
+    if config.max_params is not None and cost["params"] > config.max_params:
+        return f"params {cost['params']:,} > max {config.max_params:,}"
+    if config.max_flops is not None and cost["flops_per_token"] > config.max_flops:
+        return f"FLOPs/token {cost['flops_per_token']:,.0f} > max {config.max_flops:,.0f}"
+    if config.max_state is not None and cost["state_size"] > config.max_state:
+        return f"state {cost['state_size']:,} > max {config.max_state:,}"
+    return None

@@ -1,4 +1,7 @@
-"""Start, resume and watch a search: the glue between the CLI and the driver."""
+"""Start, resume and watch a search: the glue between the CLI and the driver.
+
+A search that completes (not one stopped by Ctrl-C) ends with its finalists stage
+(`einsearch.search.finalists`); `final` (re)runs that stage alone on a run folder."""
 
 from __future__ import annotations
 
@@ -10,14 +13,17 @@ from rich.text import Text
 
 from einsearch.search.config import RunConfig
 from einsearch.search.execute import run_inline, run_ray
+from einsearch.search.finalists import FinalRecord, Summary, run_finalists
 from einsearch.search.record import RunFolder
 from einsearch.search.run import Search
+from einsearch.tasks import get_task
 
 
 @dataclass
 class Outcome:
     search: Search
     completed: bool  # False: interrupted; `einsearch run --resume` continues it
+    final: Summary | None = None  # the finalists stage's summary, when it ran
 
 
 def _duration(seconds: float) -> str:
@@ -58,14 +64,47 @@ class ProgressView:
 
 
 def execute(search: Search, console: Console | None = None, live: bool = True) -> Outcome:
-    """Run `search` with its configured executor, showing progress unless `live` is False."""
+    """Run `search` with its configured executor, showing progress unless `live` is False; a
+    completed search goes on to its finalists."""
     executor = run_inline if search.config.executor == "inline" else run_ray
     if not live:
-        return Outcome(search, executor(search))
-    view = ProgressView(search)
-    with Live(view, console=console or Console(stderr=True), refresh_per_second=2, transient=False) as display:
-        completed = executor(search, lambda: display.refresh())
-    return Outcome(search, completed)
+        completed = executor(search)
+    else:
+        view = ProgressView(search)
+        with Live(view, console=console or Console(stderr=True), refresh_per_second=2, transient=False) as display:
+            completed = executor(search, lambda: display.refresh())
+    if not completed:
+        return Outcome(search, False)
+    try:
+        summary = final_stage(search.config, search.folder, live=live)
+    except KeyboardInterrupt:
+        return Outcome(search, False)  # finished trainings are recorded; a resume continues them
+    return Outcome(search, True, summary)
+
+
+def final_stage(config: RunConfig, folder: RunFolder, live: bool = True) -> Summary | None:
+    """The finalists stage of a run, printing a line per finished training when `live`."""
+    console, metric = Console(stderr=True), f"test/{get_task(config.task).metric}"
+
+    def show(r: FinalRecord) -> None:
+        result = f"{r.metrics.get(metric, float('nan')):.4g}" if r.status == "ok" else f"failed ({r.reason})"
+        console.print(f"final: {r.role} {r.entrant.label}, training seed {r.seed}: {metric} {result}", markup=False, highlight=False)
+
+    if live and config.finalists:
+        console.print(f"final: the top {config.finalists} and the comparison seeds, {config.final_seeds} training seeds each", markup=False)
+    return run_finalists(config, folder, on_record=show if live else lambda r: None)
+
+
+def final(folder: RunFolder, k: int | None = None, n: int | None = None, live: bool = True) -> Summary | None:
+    """(Re)run the finalists stage of an existing run, optionally with another number of
+    finalists `k` or of training seeds `n` (kept in its config); trainings already recorded are
+    not repeated."""
+    config = RunConfig.from_dict(folder.read_config())
+    changes = {key: v for key, v in (("finalists", k), ("final_seeds", n)) if v is not None}
+    if changes:
+        config = config.replace(**changes)
+        folder.create(config.to_dict())
+    return final_stage(config, folder, live=live)
 
 
 def start(config: RunConfig, folder: RunFolder, live: bool = True) -> Outcome:
