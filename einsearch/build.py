@@ -3,6 +3,11 @@
 `Builder` has one method per node rule of the grammar, named like the rule; each receives the
 node and returns a `Mixer` of the builder's width.  Token-mixer families are imported where
 they are built, so building a small architecture does not import every primitive module.
+
+Every module the builder returns carries ``arch_path``: the path of its node in the tree (child
+indices from the root, as in `einsearch.grammar.evolve`), so that weights can be matched node by
+node between two trees (`einsearch.inherit`).  The copies inside ``wired(...)`` share their
+node's path.
 """
 
 from __future__ import annotations
@@ -21,22 +26,33 @@ class Builder:
         if d_model < 1:
             raise BuildError(f"d_model must be a positive integer, got {d_model}")
         self.d = d_model
+        self.path: tuple[int, ...] = ()  # of the node being built
 
     def __call__(self, arch: Arch) -> Mixer:
         method = getattr(self, arch.op, None)
         if method is None:
             raise BuildError(f"{arch.op}: no builder for this node")
-        return method(arch)
+        module = method(arch)
+        module.arch_path = self.path
+        return module
+
+    def _child(self, arch: Arch, i: int) -> Mixer:
+        """The module of `arch`'s i-th child, built at the child's path."""
+        outer, self.path = self.path, self.path + (i,)
+        try:
+            return self(arch.children[i])
+        finally:
+            self.path = outer
 
     def _children(self, arch: Arch) -> list[Mixer]:
-        return [self(child) for child in arch.children]
+        return [self._child(arch, i) for i in range(len(arch.children))]
 
     # combinators
     def seq(self, a: Arch) -> Mixer:
         return Seq(self.d, self._children(a))
 
     def res(self, a: Arch) -> Mixer:
-        return Res(self.d, self(a.children[0]))
+        return Res(self.d, self._child(a, 0))
 
     def par(self, a: Arch) -> Mixer:
         return Par(self.d, self._children(a), agg=a["agg"])
@@ -46,7 +62,7 @@ class Builder:
         return Gate(self.d, value, gate, fn=a["fn"])
 
     def repeat(self, a: Arch) -> Mixer:
-        return Repeat(self.d, self(a.children[0]), n=a["n"])
+        return Repeat(self.d, self._child(a, 0), n=a["n"])
 
     # channel and local
     def mlp(self, a: Arch) -> Mixer:
@@ -74,7 +90,7 @@ class Builder:
         from einsearch.primitives.wired import Wired
 
         def make_node() -> Mixer:
-            return self(a.children[0])
+            return self._child(a, 0)
 
         return Wired(self.d, make_node, graph=a.variant, nodes=a["nodes"], k=a.get("k"), p=a.get("p"), seed=a["seed"])
 

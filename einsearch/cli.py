@@ -255,6 +255,7 @@ def run_command(
     max_state: Annotated[int | None, typer.Option(help="Reject candidates with more floats of inference state at the task's length, untrained.", min=0)] = None,
     finalists: Annotated[int, typer.Option(help="At the end, retrain the top K and the comparison seeds (0: skip).", min=0)] = 3,
     final_seeds: Annotated[int, typer.Option(help="Training seeds per finalist and comparison seed.", min=2)] = 3,
+    inherit: Annotated[bool, typer.Option("--inherit", help="Evolution: a child starts from its parent's trained weights wherever their trees agree.")] = False,
     d_model: Annotated[int, typer.Option(help="Model width.", min=1)] = 64,
     layers: Annotated[int, typer.Option(help="Copies of the block.", min=1)] = 2,
     output: Annotated[str | None, typer.Option(help="Run folder (default: a new dated folder under runs/).")] = None,
@@ -285,7 +286,7 @@ def run_command(
                 trial_budget=trial_budget, workers=workers, executor=executor, address=address,
                 scheduler=scheduler, objectives=tuple(o.strip() for o in objectives.split(",")),
                 max_params=max_params, max_flops=max_flops, max_state=max_state, d_model=d_model, layers=layers,
-                seed=seed, storage=storage, finalists=finalists, final_seeds=final_seeds,
+                seed=seed, storage=storage, finalists=finalists, final_seeds=final_seeds, inherit=inherit,
             )  # fmt: skip
             outcome = start(config, RunFolder(output) if output else new_run_folder())
     except (ValueError, TaskError, SpaceError, ArchSyntaxError, FileNotFoundError, FileExistsError) as e:

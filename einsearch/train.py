@@ -9,7 +9,9 @@ over the first ``warmup`` fraction of the budget and then follows a cosine down 
 fraction, so the schedule also fits a budget in seconds), gradient-norm clipping, and fixed
 seeds: the task's ``seed`` option fixes the data, ``TrainConfig.seed`` the initialisation and the
 order of training batches.  Torch runs on ``threads`` threads (one by default: parallel
-candidates run as processes).
+candidates run as processes).  With ``init_from`` (a parent's weights) and ``init_arch`` (the
+parent's architecture), the freshly built model starts from the parent's tensors wherever the two
+trees agree (`einsearch.inherit`; an evolution child's weight inheritance).
 
 At the end the model is evaluated on the validation and the test split (``val/<metric>``,
 ``test/<metric>``).  The validation split is also evaluated during training, every
@@ -50,6 +52,7 @@ from torch import nn
 from einsearch.arch import Arch
 from einsearch.costs import costs as measure_costs
 from einsearch.grammar.seeds import resolve
+from einsearch.inherit import inherit
 from einsearch.tasks.base import Budget, Task
 from einsearch.tasks.mad import MAD
 from einsearch.tasks.registry import get_task
@@ -81,12 +84,16 @@ class TrainConfig:
     threads: int | None = 1  # torch threads; None leaves torch's setting alone
     device: str = "cpu"
     weights_path: str | None = None  # where to save the trained weights (safetensors) of a run that ends ok
+    init_from: str | None = None  # start from these trained weights (safetensors) where the trees agree ...
+    init_arch: str | None = None  # ... those of this architecture (see `einsearch.inherit`)
 
     def __post_init__(self) -> None:
         if self.selection not in (None, "last", "best"):
             raise ValueError(f"selection must be 'last' or 'best', got {self.selection!r}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ValueError(f"eval_every must be at least 1, got {self.eval_every}")
+        if (self.init_from is None) != (self.init_arch is None):
+            raise ValueError("init_from (weights) and init_arch (their architecture) go together")
 
     def limit(self, budget: Budget) -> float | None:
         if self.time_limit is not None:
@@ -120,6 +127,7 @@ class TrainResult:
     info: dict[str, Any] = field(default_factory=dict)  # facts about the task's data
     history: tuple[dict[str, float], ...] = ()  # validation metrics at each evaluation during training
     selected_step: int = 0  # the step whose weights were tested (the last step unless selecting the best)
+    inherited: int = 0  # tensors that started from `TrainConfig.init_from` instead of a fresh initialisation
 
     @property
     def ok(self) -> bool:
@@ -253,6 +261,8 @@ def _train_one(
         if is_out_of_memory(error):
             return finish("failed", "oom", f"out of memory while building: {error}")
         return finish("failed", "build_error", f"{type(error).__name__}: {error}")
+    if config.init_from is not None:  # a missing weights file is the caller's problem, like a missing data file
+        outcome["inherited"] = inherit(model, tree, resolve(config.init_arch), config.init_from).count
 
     # train
     generator = torch.Generator().manual_seed(config.seed)
@@ -383,7 +393,8 @@ def _train_suite(
     """One model per member on an equal share of the budget; metrics: each member's, prefixed by
     its name, and the mean of the members' primary metric on val and test."""
     members = suite.members
-    share = replace(config, budget=(config.budget or suite.budget).split(len(members)))
+    # no inheritance: a suite's saved weights are only its last member's model
+    share = replace(config, budget=(config.budget or suite.budget).split(len(members)), init_from=None, init_arch=None)
     results = [_train_one(arch, member, share, callback, progress) for member in members]
     seconds = sum(r.seconds for r in results)
     steps = sum(r.steps for r in results)

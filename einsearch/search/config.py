@@ -37,6 +37,7 @@ class RunConfig:
     seed: int = 0
     storage: str | None = None  # an Optuna storage URL; None: the journal file in the run folder
     keep_weights: int = 10  # trained weights kept for this many best trials
+    inherit: bool = False  # evolution children start from their parent's weights where the trees agree
     finalists: int = 3  # the search ends by retraining its top-k architectures and the comparison seeds (0: not)
     final_seeds: int = 3  # ... each with this many training seeds, at the full trial budget
 
@@ -60,6 +61,8 @@ class RunConfig:
             problems.append(f"final seeds must be at least 2 (a mean ± std needs two), got {self.final_seeds}")
         if self.max_state is not None and self.max_state < 0:
             problems.append(f"max state must be at least 0, got {self.max_state}")
+        if self.inherit and self.strategy != "evolution":
+            problems.append(f"inherit needs the evolution strategy (children of parents), not {self.strategy}")
         if self.time_budget is not None and self.time_budget <= 0:
             problems.append(f"time budget must be positive, got {self.time_budget}")
         try:

@@ -5,7 +5,8 @@ A run folder holds everything a search leaves behind (DESIGN.md §6):
     runs/<name>/config.json        the RunConfig, so `--resume` needs nothing else
     runs/<name>/study.journal      the Optuna study (unless --storage names another)
     runs/<name>/trials.jsonl       one line per finished trial (the source of truth)
-    runs/<name>/weights/<n>.safetensors   trained weights of the best trials
+    runs/<name>/weights/<n>.safetensors   trained weights of the best trials (and with --inherit of
+                                          evolution's population, the parents of later children)
     runs/<name>/best/              arch.txt and weights.safetensors of the current best
 
 Only the driver process writes here; workers hand their results back.
@@ -44,6 +45,8 @@ class TrialRecord:
     finished_at: float = 0.0  # seconds since the search started (summed over resumed sessions)
     reused_from: int | None = None  # a duplicate architecture: the trial whose result was reused
     origin: str = ""  # how the strategy made it: seed, sample, mutation, crossover, optuna
+    parent: int | None = None  # the trial it was made from (evolution; a crossover's first parent)
+    inherited: int = 0  # tensors it started from the parent's trained weights (--inherit)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -50,6 +50,8 @@ class Job:
     seed: int
     eval_every: int | None
     weights: str | None  # where the worker saves the trained weights
+    inherit_from: str | None = None  # the parent's weights to start from (--inherit) ...
+    inherit_arch: str | None = None  # ... and the parent's architecture
     started: float = 0.0  # the driver's clock when the job was handed out (not sent to workers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +68,8 @@ def evaluate(job: dict[str, Any], callback=None) -> dict[str, Any]:
         seed=job["seed"],
         eval_every=job["eval_every"],
         weights_path=job["weights"],
+        init_from=job.get("inherit_from"),
+        init_arch=job.get("inherit_arch"),
     )
     return train(job["arch"], job["task"], config, callback=callback).to_dict()
 
@@ -152,6 +156,7 @@ class Search:
                 eval_every=self.config.eval_interval,
                 weights=str(self.folder.weights_path(trial.number).absolute()),  # workers run elsewhere
                 started=time.monotonic(),
+                **self._inheritance(trial.user_attrs.get("parent")),
             )
             trial.set_user_attr("origin", origin)
             self.running[job.number] = (job, trial)
@@ -193,6 +198,7 @@ class Search:
             seconds=result.seconds,
             detail=result.detail,
             started=job.started,
+            inherited=result.inherited,
         )
 
     def _objectives(self, metrics: dict[str, float], costs: dict[str, Any]) -> tuple[float, ...] | None:
@@ -215,6 +221,7 @@ class Search:
         detail: str = "",
         started: float | None = None,
         reused: TrialRecord | None = None,
+        inherited: int = 0,
     ) -> TrialRecord:
         if reused is not None:
             status, reason, metrics, costs = reused.status, reused.reason, reused.metrics, reused.costs
@@ -237,6 +244,8 @@ class Search:
             finished_at=self.elapsed,
             reused_from=None if reused is None else reused.number,
             origin=origin,
+            parent=trial.user_attrs.get("parent"),
+            inherited=inherited,
         )
         for key, value in (("arch", record.arch), ("id", record.id), ("status", status), ("reason", reason),
                            ("detail", detail), ("metrics", json.dumps(metrics)), ("costs", json.dumps(costs)),
@@ -255,11 +264,13 @@ class Search:
         return record
 
     def _keep_best_weights(self) -> None:
-        """Weights of the `keep_weights` best trials stay (only successful trials save any); the
-        best also goes to best/ whenever it changes."""
+        """Weights of the `keep_weights` best trials stay (only successful trials save any), and
+        with `inherit` those of possible parents too; the best also goes to best/ whenever it changes."""
         ranked = [leader.record for leader in leaderboard(self.records, self.maximize)]  # best first
+        parents = self._parents() if self.config.inherit else set()
         for r in ranked[self.config.keep_weights :]:
-            self.folder.weights_path(r.number).unlink(missing_ok=True)
+            if r.number not in parents:
+                self.folder.weights_path(r.number).unlink(missing_ok=True)
         if not ranked or ranked[0].number == self._best_written:
             return
         best, best_dir = ranked[0], self.folder.path / "best"
@@ -270,6 +281,23 @@ class Search:
         if weights.exists():
             (best_dir / "weights.safetensors").write_bytes(weights.read_bytes())
         self._best_written = best.number
+
+    # ------------------------------------------------------------------ weight inheritance
+    def _inheritance(self, parent: int | None) -> dict[str, str]:
+        """The Job fields that make a child start from its parent's weights (--inherit): none
+        without a parent, or when the parent's weights are gone (e.g. a run resumed with
+        --inherit that had none kept)."""
+        weights = None if parent is None else self.folder.weights_path(parent)
+        if not self.config.inherit or weights is None or not weights.exists():
+            return {}
+        arch = next(r.arch for r in self.records if r.number == parent)
+        return dict(inherit_from=str(weights.absolute()), inherit_arch=arch)
+
+    def _parents(self) -> set[int]:
+        """Trials whose weights a child may still read: the strategy's candidate parents and the
+        parents of the jobs running now."""
+        running = {trial.user_attrs.get("parent") for _, trial in self.running.values()}
+        return self.strategy.parents() | (running - {None})
 
     def _fail_stale_trials(self) -> None:
         """Trials left running by an interrupted session are closed as failed (they are re-proposed,

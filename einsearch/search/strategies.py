@@ -9,7 +9,9 @@ strategy's trials are recorded the same way and `optuna-dashboard` shows them al
 * `evolution`: regularised evolution (Real et al. 2019): the population is the `population`
   most recent successful trials (age-based removal); a child is a mutation of the winner of a
   tournament of `tournament` random members or, with probability `crossover`, the crossover of
-  two winners.  The first children are the `--seed-arch` seeds and their mutations.
+  two winners.  The first children are the `--seed-arch` seeds and their mutations.  A child's
+  `Proposal.parent` is the trial it was made from (a crossover's: the first winner, the tree the
+  graft went into), so that it can start from that trial's weights (`--inherit`).
 * `tpe`, `nsga2`: Optuna's samplers over the define-by-run encoding of the grammar.
 
 Strategy state is a function of the finished trials, so a resumed run rebuilds it by replaying
@@ -33,6 +35,17 @@ from einsearch.search.record import TrialRecord
 class Proposal:
     arch: Arch | None  # None: let the Optuna sampler derive it
     origin: str
+    parent: int | None = None  # the trial it was made from (whose weights it may inherit)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One of evolution's population: a trained trial's tree, its score and its number (for a
+    reused duplicate, the number of the trial that trained it: the one with weights)."""
+
+    arch: Arch
+    score: float
+    number: int
 
 
 class Strategy:
@@ -52,11 +65,19 @@ class Strategy:
         raise NotImplementedError
 
     def ask(self, study: optuna.Study) -> tuple[optuna.Trial, str]:
-        """An asked Optuna trial whose decisions encode the next architecture, and its origin."""
+        """An asked Optuna trial whose decisions encode the next architecture, and its origin; a
+        proposal's parent goes into the trial's user attribute ``parent``."""
         proposal = self.propose()
         if proposal.arch is not None:
             study.enqueue_trial(to_params(proposal.arch, self.space))
-        return study.ask(), proposal.origin
+        trial = study.ask()
+        if proposal.parent is not None:
+            trial.set_user_attr("parent", proposal.parent)
+        return trial, proposal.origin
+
+    def parents(self) -> set[int]:
+        """Trials that later proposals may name as parent (their weights are worth keeping)."""
+        return set()
 
     def observe(self, record: TrialRecord) -> None:
         """Learn from a finished trial (called in finishing order)."""
@@ -92,7 +113,7 @@ class Evolution(Strategy):
         super().__init__(space, seed)
         self.seeds, self.size, self.tournament = seeds, population, tournament
         self.crossover_rate, self.maximize = crossover, maximize
-        self.population: deque[tuple[Arch, float]] = deque(maxlen=population)
+        self.population: deque[Member] = deque(maxlen=population)
 
     def propose(self) -> Proposal:
         self.proposed += 1
@@ -101,22 +122,28 @@ class Evolution(Strategy):
         if len(self.population) < min(self.size, 2):  # still filling: seeds' mutations, else samples
             if self.seeds:
                 parent = self.seeds[int(self.rng.integers(len(self.seeds)))]
-                return Proposal(mutate(parent, self.space, self.rng), "mutation")
+                trained = next((m.number for m in self.population if m.arch == parent), None)
+                return Proposal(mutate(parent, self.space, self.rng), "mutation", trained)
             return Proposal(sample(self.space, self.rng), "sample")
         if self.rng.random() < self.crossover_rate:
             a, b = self._winner(), self._winner()
-            return Proposal(crossover(a, b, self.space, self.rng), "crossover")
-        return Proposal(mutate(self._winner(), self.space, self.rng), "mutation")
+            return Proposal(crossover(a.arch, b.arch, self.space, self.rng), "crossover", a.number)
+        winner = self._winner()
+        return Proposal(mutate(winner.arch, self.space, self.rng), "mutation", winner.number)
 
-    def _winner(self) -> Arch:
+    def _winner(self) -> Member:
         members = list(self.population)
         picks = self.rng.choice(len(members), size=min(self.tournament, len(members)), replace=False)
-        best = (max if self.maximize else min)(picks, key=lambda i: members[i][1])
-        return members[best][0]
+        best = (max if self.maximize else min)(picks, key=lambda i: members[i].score)
+        return members[best]
 
     def observe(self, record: TrialRecord) -> None:
         if record.status == "ok" and record.objectives:
-            self.population.append((parse(record.arch), record.objectives[0]))
+            number = record.number if record.reused_from is None else record.reused_from
+            self.population.append(Member(parse(record.arch), record.objectives[0], number))
+
+    def parents(self) -> set[int]:
+        return {m.number for m in self.population}
 
 
 class OptunaStrategy(Strategy):
