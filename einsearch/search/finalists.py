@@ -385,6 +385,9 @@ def run_finalists(config: RunConfig, folder: RunFolder, on_record: Callable[[Fin
     the_plan = plan(config, folder.trials(), task)
     budget = str(Budget.parse(config.trial_budget))
     records = read_records(folder)
+    for record in searched_trainings(the_plan, folder.trials(), config, budget, {r.key for r in records}):
+        append_record(folder, record)
+        records.append(record)
     done = {r.key for r in records}
     todo = [(e, s) for s in range(config.final_seeds) for e in the_plan.entrants if (e.id, s, budget) not in done]
     jobs = [
@@ -413,6 +416,30 @@ def run_finalists(config: RunConfig, folder: RunFolder, on_record: Callable[[Fin
     result = summary()
     write_summary(folder, result)
     return result
+
+
+def searched_trainings(the_plan: Plan, trials: list[TrialRecord], config: RunConfig, budget: str, done: Collection) -> list[FinalRecord]:
+    """The search's own trainings that are already a final training: an entrant trained from
+    scratch (nothing inherited) at the full budget with the run's seed is the same training as
+    the final's with that training seed (budgets count steps, so it gives the same metrics), and
+    is not run again."""
+    if not 0 <= config.seed < config.final_seeds:
+        return []
+    full = Budget.parse(config.trial_budget).steps
+    entrants = {e.id: e for e in the_plan.entrants}
+    found = []
+    for trial in trials:
+        entrant = entrants.get(trial.id)
+        if (entrant is None or trial.status != "ok" or trial.reused_from is not None or trial.inherited
+                or trial.steps != full or (trial.id, config.seed, budget) in done):  # fmt: skip
+            continue
+        done = {*done, (trial.id, config.seed, budget)}
+        found.append(FinalRecord(
+            arch=entrant.arch, id=entrant.id, role=entrant.role, name=entrant.name, trial=entrant.trial, seed=config.seed,
+            budget=budget, status="ok", reason=None, metrics=trial.metrics, costs=trial.costs, steps=trial.steps,
+            seconds=trial.seconds, detail=f"the search's training of trial {trial.number}",
+        ))  # fmt: skip
+    return found
 
 
 def write_summary(folder: RunFolder, summary: Summary) -> None:

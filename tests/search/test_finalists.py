@@ -239,24 +239,41 @@ def test_an_interrupted_final_resumes_without_retraining(tmp_path, monkeypatch):
     interrupt = True
     with pytest.raises(KeyboardInterrupt):
         fin.run_finalists(config, folder)
-    assert len(fin.read_records(folder)) == 2  # the two finished before Ctrl-C
+    # the candidate's seed-0 training is the search's own; the two trained before Ctrl-C
+    assert len(fin.read_records(folder)) == 1 + 2
 
     interrupt = False
     summary = fin.run_finalists(config, folder)  # 1 candidate + transformer + gla, 2 seeds each
-    assert len(calls) == 3 + 4  # the interrupted one again, then the three never started
+    assert len(calls) == 3 + 3  # the interrupted one again, then the two never started
     assert summary.complete and [s.n for s in summary.standings] == [2, 2, 2]
     keys = [r.key for r in fin.read_records(folder)]
     assert len(keys) == 6 and len(set(keys)) == 6
 
     fin.run_finalists(config, folder)
-    assert len(calls) == 7  # everything recorded: nothing trained
+    assert len(calls) == 6  # everything recorded: nothing trained
     fin.run_finalists(config.replace(final_seeds=3), folder)
-    assert len(calls) == 10 and all(seed == 2 for _, seed in calls[7:])  # only the new seed
+    assert len(calls) == 9 and all(seed == 2 for _, seed in calls[6:])  # only the new seed
 
     best = max((r for r in folder.trials() if r.status == "ok"), key=lambda r: r.objectives[0])
     assert summary.candidates[0].entrant.id == best.id
     saved = fin.read_summary(folder)
     assert saved.training_seeds == 3 and saved.complete
+
+
+def test_the_searchs_own_full_budget_training_counts_as_training_seed_0(tmp_path, monkeypatch):
+    """A search trial trained from scratch at the full budget with the run's seed is not trained
+    again: a fresh training of the same (arch, task, budget, seed) gives exactly its metrics."""
+    folder = searched(tmp_path)
+    config = RunConfig.from_dict(folder.read_config()).replace(finalists=1, final_seeds=2)
+    best = max((r for r in folder.trials() if r.status == "ok"), key=lambda r: r.objectives[0])
+    real, calls = fin.evaluate, []
+    monkeypatch.setattr(fin, "evaluate", lambda job, callback=None: calls.append((job["arch"], job["seed"])) or real(job))
+    fin.run_finalists(config, folder)
+    assert (best.arch, 0) not in calls and (best.arch, 1) in calls
+    reused = next(r for r in fin.read_records(folder) if r.id == best.id and r.seed == 0)
+    assert reused.detail == f"the search's training of trial {best.number}"
+    fresh = einsearch.train(best.arch, config.task, einsearch.TrainConfig(d_model=16, layers=1, budget=einsearch.Budget(steps=3), seed=0))
+    assert reused.metrics == fresh.metrics
 
 
 def test_a_completed_search_ends_with_its_final_and_report_prints_it(tmp_path):
