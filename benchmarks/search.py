@@ -1,8 +1,8 @@
 """The search itself: what evolution buys over random sampling, and what the framework costs.
 
     python benchmarks/search.py                 # both parts, ~15 minutes on 2 cores
-    python benchmarks/search.py quality --evaluations 16 --trial-budget 15s
-    python benchmarks/search.py overhead --trial-budget 30s --trials 3
+    python benchmarks/search.py quality --evaluations 16 --trial-budget 150steps
+    python benchmarks/search.py overhead --trial-budget 300steps --trials 3
 
 * ``quality``: random search and regularised evolution seeded with the ``lstm`` seed, each with
   the same number of evaluations and per-candidate budget on a small MQAR, in the ``full`` space,
@@ -35,7 +35,7 @@ def quality(evaluations: int, trial_budget: str, workers: int, root: Path) -> No
     for strategy, seeds in (("random", ()), ("evolution", ("lstm",))):
         config = RunConfig(
             task=TASK, space="full", strategy=strategy, seed_archs=seeds, trials=evaluations,
-            trial_budget=trial_budget, workers=workers, executor="ray", seed=0,
+            trial_budget=trial_budget, workers=workers, executor="ray", seed=0, scheduler="fifo",
         )  # fmt: skip
         outcome = start(config, RunFolder(root / strategy), live=False)
         best, curve = 0.0, []
@@ -61,7 +61,7 @@ def overhead(trials: int, trial_budget: str, root: Path) -> None:
     for executor in ("ray", "inline"):
         config = RunConfig(
             task=TASK, space="full", strategy="evolution", seed_archs=("transformer",), trials=trials,
-            trial_budget=trial_budget, workers=1, executor=executor, seed=0,
+            trial_budget=trial_budget, workers=1, executor=executor, seed=0, scheduler="fifo",
         )  # fmt: skip
         began = time.monotonic()
         outcome = start(config, RunFolder(root / f"overhead-{executor}"), live=False)
@@ -81,15 +81,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="*", default=["quality", "overhead"], choices=["quality", "overhead"])
     parser.add_argument("--evaluations", type=int, default=16)
-    parser.add_argument("--trial-budget", default=None, help="default: 15s for quality, 30s for overhead")
+    parser.add_argument("--trial-budget", default=None, help="steps; default: 150steps for quality, 300steps for overhead (about 15 s and 30 s of a transformer)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--trials", type=int, default=3, help="trials per executor in the overhead part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="einsearch-bench-") as tmp:
         if "quality" in args.parts:
-            quality(args.evaluations, args.trial_budget or "15s", args.workers, Path(tmp))
+            quality(args.evaluations, args.trial_budget or "150steps", args.workers, Path(tmp))
         if "overhead" in args.parts:
-            overhead(args.trials, args.trial_budget or "30s", Path(tmp))
+            overhead(args.trials, args.trial_budget or "300steps", Path(tmp))
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ def space_stats_command(
 def train_command(
     arch: Annotated[str, typer.Argument(help="Architecture text or a seed name.")],
     task: Annotated[str, typer.Option(help="Task with options, e.g. mqar:vocab=256,seq_len=64,pairs=8 (see `einsearch tasks`).")] = "mqar",
-    budget: Annotated[str | None, typer.Option(help="Steps and/or time: 60s, 2m, 500steps, 500steps,2m (default: the task's).")] = None,
+    budget: Annotated[str | None, typer.Option(help="Optimiser steps (500steps), or time (60s, 2m: the result then depends on the machine's load) (default: the task's).")] = None,
     d_model: Annotated[int, typer.Option(help="Model width.", min=1)] = 64,
     layers: Annotated[int, typer.Option(help="Copies of the block (independent weights).", min=1)] = 2,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the task's).", min=0.0)] = None,
@@ -211,6 +211,8 @@ def train_command(
             table.add_row("detail", result.detail)
         table.add_row("task", result.task)
         table.add_row("steps", f"{result.steps:,}")
+        if result.ok and result.selected_step != result.steps:
+            table.add_row("tested weights", f"of step {result.selected_step:,} (the best validation evaluation)")
         table.add_row("seconds", f"{result.seconds:.1f}")
         for name, value in result.metrics.items():
             table.add_row(name, f"{value:.4f}")
@@ -244,11 +246,14 @@ def run_command(
     seed_arch: Annotated[list[str] | None, typer.Option("--seed-arch", help="Seed name or architecture text to start from (repeatable).")] = None,
     trials: Annotated[int | None, typer.Option(help="Total evaluations (with --resume: the new total).", min=1)] = None,
     time_budget: Annotated[str | None, typer.Option(help="Wall clock for the whole search, e.g. 90s, 30m, 2h.")] = None,
-    trial_budget: Annotated[str, typer.Option(help="Each candidate's training budget: seconds and/or steps (30s, 500steps).")] = "20s",
+    trial_budget: Annotated[str, typer.Option(help="Each candidate's full training budget in optimiser steps (e.g. 1500steps), never seconds.")] = "1500steps",
+    time_limit: Annotated[float | None, typer.Option(help="Seconds before a candidate fails as timeout: a safety limit, not a budget (default: an hour).", min=0)] = None,
     workers: Annotated[int, typer.Option(help="Candidates trained at once.", min=1)] = 2,
     executor: Annotated[str, typer.Option(help="ray (local Ray or --address) | inline (in this process).")] = "ray",
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
-    scheduler: Annotated[str, typer.Option(help="fifo | asha (stop weak candidates early).")] = "fifo",
+    scheduler: Annotated[str, typer.Option(help="asha (successive halving: weak candidates stop at a rung) | fifo (all train the full budget).")] = "asha",
+    rungs: Annotated[int, typer.Option(help="asha: rungs of the ladder, at full/eta^(rungs-1), ..., full/eta, full steps.", min=1)] = 3,
+    eta: Annotated[int, typer.Option(help="asha: reduction factor: about 1/eta of a rung's candidates go on.", min=2)] = 3,
     objectives: Annotated[str, typer.Option(help="metric, optionally with params, flops, state: e.g. metric,params.")] = "metric",
     max_params: Annotated[int | None, typer.Option(help="Reject candidates with more parameters, untrained.", min=1)] = None,
     max_flops: Annotated[float | None, typer.Option(help="Reject candidates with more FLOPs per token, untrained.", min=0)] = None,
@@ -283,8 +288,8 @@ def run_command(
                 task=task, space=space, strategy=strategy, seed_archs=tuple(seed_arch or ()),
                 trials=trials or RunConfig.trials,
                 time_budget=parse_duration(time_budget) if time_budget else None,
-                trial_budget=trial_budget, workers=workers, executor=executor, address=address,
-                scheduler=scheduler, objectives=tuple(o.strip() for o in objectives.split(",")),
+                trial_budget=trial_budget, time_limit=time_limit, workers=workers, executor=executor, address=address,
+                scheduler=scheduler, rungs=rungs, eta=eta, objectives=tuple(o.strip() for o in objectives.split(",")),
                 max_params=max_params, max_flops=max_flops, max_state=max_state, d_model=d_model, layers=layers,
                 seed=seed, storage=storage, finalists=finalists, final_seeds=final_seeds, inherit=inherit,
             )  # fmt: skip
@@ -362,24 +367,42 @@ def report_command(
     task = get_task(config["task"])
     records = folder.trials()
     board = leaderboard(records, maximize=task.mode == "max")
+    ladder = _ladder(config) if any(r.rung is not None for r in records) else ()  # a suite has no rungs
     table = Table(title=f"{run}: {len(records)} trials, {len(board)} scored (val/{task.metric})")
-    for column in ("rank", "trial", f"val/{task.metric}", "params", "FLOPs/token", "state"):
+    rung_columns = ("rung", "steps") if len(ladder) > 1 else ()
+    for column in ("rank", "trial", f"val/{task.metric}", *rung_columns, "params", "FLOPs/token", "state"):
         table.add_column(column, justify="right")
     for leader in board[:top]:
         r = leader.record
+        rung = (f"{r.rung or 0}/{len(ladder)}", f"{r.steps:,}") if rung_columns else ()
         table.add_row(
-            str(leader.rank), str(r.number), f"{r.objectives[0]:.4g}", f"{r.costs.get('params', 0):,}",
+            str(leader.rank), str(r.number), f"{r.objectives[0]:.4g}", *rung, f"{r.costs.get('params', 0):,}",
             f"{r.costs.get('flops_per_token', 0):,.0f}", f"{r.costs.get('state_size', 0):,}",
         )  # fmt: skip
     console.print(table)
+    if len(ladder) > 1:  # successive halving: how many trained trials reached each rung
+        reached = [sum((r.rung or 0) >= k for r in records if r.reused_from is None) for k in range(1, len(ladder) + 1)]
+        typer.echo("rungs reached: " + ", ".join(f"{steps} steps ×{n}" for steps, n in zip(ladder, reached)))
     for leader in board[:top]:  # whole, on their own lines: architectures are long
         typer.echo(f"{leader.rank:>4}  {leader.record.arch}")
-    reasons = Counter(f"{r.status} ({(r.reason or '?').split(' ')[0]})" for r in records if r.status != "ok")
+    ranked = {leader.record.number for leader in board}
+    reasons = Counter(f"{r.status} ({(r.reason or '?').split(' ')[0]})" for r in records if r.status != "ok" and r.number not in ranked)
     if reasons:
         typer.echo("not scored: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items())))
     _print_finalists(read_summary(folder), run)
     for path in write_plots(folder, records, f"val/{task.metric}", maximize=task.mode == "max"):
         typer.echo(f"wrote {path}")
+
+
+def _ladder(config: dict) -> tuple[int, ...]:
+    """A run's rung ladder in steps from its config.json (one rung: no successive halving; a run
+    from before budgets in steps has none)."""
+    from einsearch.search import RunConfig
+
+    try:
+        return RunConfig.from_dict(config).ladder
+    except (ValueError, TypeError):
+        return ()
 
 
 @app.command("export")

@@ -1,14 +1,20 @@
 """Train one architecture on one task within a budget, and report honest metrics or a clear failure.
 
-    result = train("transformer", "mqar:vocab=256,seq_len=64,pairs=8", TrainConfig(budget=Budget.parse("60s")))
+    result = train("transformer", "mqar:vocab=256,seq_len=64,pairs=8", TrainConfig(budget=Budget.parse("1500steps")))
     result.status, result.reason, result.metrics["test/accuracy"], result.costs
 
+Budgets count optimiser steps: the same (architecture, task, budget, seed) gives the same metrics
+on the same machine whatever else runs on it.  A budget in seconds is still accepted (it makes the
+result depend on the machine's load); ``time_limit`` is only a safety limit that ends a runaway
+candidate as ``timeout``.
+
 Recipe: AdamW (decoupled weight decay on matrices only), a learning rate that warms up linearly
-over the first ``warmup`` fraction of the budget and then follows a cosine down to
-``min_lr_ratio`` of its peak (the budget fraction is the larger of the step and the time
-fraction, so the schedule also fits a budget in seconds), gradient-norm clipping, and fixed
-seeds: the task's ``seed`` option fixes the data, ``TrainConfig.seed`` the initialisation and the
-order of training batches.  Torch runs on ``threads`` threads (one by default: parallel
+over the first ``warmup`` fraction of the budget, then (``schedule="wsd"``, the default) stays at
+its peak and decays linearly to zero over the last ``cooldown`` fraction (warmup-stable-decay), or
+(``schedule="cosine"``) follows a cosine down to ``min_lr_ratio`` of its peak (the budget fraction
+is the larger of the step and the time fraction, so the schedule also fits a budget in seconds),
+gradient-norm clipping, and fixed seeds: the task's ``seed`` option fixes the data,
+``TrainConfig.seed`` the initialisation and the order of training batches.  Torch runs on ``threads`` threads (one by default: parallel
 candidates run as processes).  With ``init_from`` (a parent's weights) and ``init_arch`` (the
 parent's architecture), the freshly built model starts from the parent's tensors wherever the two
 trees agree (`einsearch.inherit`; an evolution child's weight inheritance).
@@ -20,6 +26,17 @@ At the end the model is evaluated on the validation and the test split (``val/<m
 ``selection="best"`` (the task's default for forecasting) tests the weights of the best
 validation evaluation instead of the last ones: early stopping by selection, within the budget
 (``TrainResult.selected_step`` says which).
+
+Rungs (a search's successive halving): at each step of ``rungs`` the run is scored for the
+scheduler on a *copy* of the model (and of its optimiser) that first cools down: ``rung_cooldown``
+× the steps so far more steps, with the learning rate falling linearly from the current one to
+zero, on training batches from a generator of its own; the copy is then discarded, so the run
+continues exactly as it would have without the rung (a WSD run's prefix plus a short cool-down is
+a fair proxy of the finished run; a cosine prefix is not).  The copy's validation metrics go to
+``callback`` (which may stop the run) and to ``TrainResult.rungs``.  With ``state_path``, the
+training state (weights, optimiser, batch order, counters) is saved there at each rung, and a run
+whose ``state_path`` already holds a state continues from it instead of starting afresh (a Ray
+worker that crashed resumes from its last rung).
 
 `train` never raises because of the candidate: a failure is a `TrainResult` with
 ``status="failed"`` and a ``reason``:
@@ -39,8 +56,10 @@ Problems with the task itself (unknown name, a missing data file) are the caller
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -60,6 +79,8 @@ from einsearch.tasks.registry import get_task
 __all__ = ["Budget", "StepInfo", "TrainConfig", "TrainResult", "train"]
 
 OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+SCHEDULES = ("wsd", "cosine")
+STEPS_TIME_LIMIT = 3600.0  # the default safety limit of a budget in steps
 
 
 @dataclass(frozen=True)
@@ -74,16 +95,21 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
     warmup: float = 0.05  # fraction of the budget
-    min_lr_ratio: float = 0.1  # the cosine ends at this fraction of the peak learning rate
+    schedule: str = "wsd"  # "wsd" (warmup, stable, linear decay to 0) or "cosine"
+    cooldown: float = 0.2  # wsd: the last fraction of the budget, over which the learning rate decays to 0
+    min_lr_ratio: float = 0.1  # cosine: it ends at this fraction of the peak learning rate
     clip: float = 1.0  # largest gradient norm
     seed: int = 0  # initialisation and batch order
     eval_every: int | None = None  # steps between validation evaluations (None: each tenth of the budget when selecting)
     selection: str | None = None  # "last" or "best" (on validation) weights are tested; None: the task's choice
-    time_limit: float | None = None  # seconds for the whole run; None: 1.5 × a time budget + 60 s
+    time_limit: float | None = None  # seconds for the whole run; None: 1.5 × a time budget + 60 s, or 1 hour for steps
     diverge_factor: float = 100.0
     threads: int | None = 1  # torch threads; None leaves torch's setting alone
     device: str = "cpu"
     weights_path: str | None = None  # where to save the trained weights (safetensors) of a run that ends ok
+    rungs: tuple[int, ...] = ()  # steps at which a cooled-down copy is scored for a scheduler (see the module doc)
+    rung_cooldown: float | None = None  # the copy's cool-down, a fraction of the steps so far; None: cooldown (wsd), 0 (cosine)
+    state_path: str | None = None  # the training state is saved here at each rung, and continued from if present
     init_from: str | None = None  # start from these trained weights (safetensors) where the trees agree ...
     init_arch: str | None = None  # ... those of this architecture (see `einsearch.inherit`)
 
@@ -94,11 +120,27 @@ class TrainConfig:
             raise ValueError(f"eval_every must be at least 1, got {self.eval_every}")
         if (self.init_from is None) != (self.init_arch is None):
             raise ValueError("init_from (weights) and init_arch (their architecture) go together")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0.0 <= self.cooldown <= 1.0 - self.warmup:
+            raise ValueError(f"cooldown must be in [0, 1 - warmup], got {self.cooldown}")
+        if self.rung_cooldown is not None and self.rung_cooldown < 0:
+            raise ValueError(f"rung_cooldown must be at least 0, got {self.rung_cooldown}")
+        if any(step < 1 for step in self.rungs):
+            raise ValueError(f"rungs are steps, at least 1: got {self.rungs}")
 
     def limit(self, budget: Budget) -> float | None:
+        """The safety limit in seconds: `time_limit`, else 1.5 × a time budget + 60 s, else (a
+        budget in steps) a generous hour."""
         if self.time_limit is not None:
             return self.time_limit
-        return None if budget.seconds is None else 1.5 * budget.seconds + 60.0
+        return STEPS_TIME_LIMIT if budget.seconds is None else 1.5 * budget.seconds + 60.0
+
+    @property
+    def rung_cooldown_fraction(self) -> float:
+        if self.rung_cooldown is not None:
+            return self.rung_cooldown
+        return self.cooldown if self.schedule == "wsd" else 0.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +170,8 @@ class TrainResult:
     history: tuple[dict[str, float], ...] = ()  # validation metrics at each evaluation during training
     selected_step: int = 0  # the step whose weights were tested (the last step unless selecting the best)
     inherited: int = 0  # tensors that started from `TrainConfig.init_from` instead of a fresh initialisation
+    rungs: tuple[dict[str, float], ...] = ()  # at each rung reached: step, cooldown (steps) and the copy's validation metrics
+    resumed_from: int = 0  # the step of the saved state (`TrainConfig.state_path`) it continued from; 0: from scratch
 
     @property
     def ok(self) -> bool:
@@ -144,6 +188,7 @@ class TrainResult:
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
         data = dict(data)
         data["history"] = tuple(data.get("history", ()))
+        data["rungs"] = tuple(data.get("rungs", ()))
         data["metrics"] = {k: (float("nan") if v is None else v) for k, v in data.get("metrics", {}).items()}
         return cls(**data)
 
@@ -178,6 +223,24 @@ def learning_rate(peak: float, fraction: float, warmup: float, floor: float) -> 
         return peak * max(fraction, 1e-3) / warmup
     remaining = (fraction - warmup) / max(1e-12, 1.0 - warmup)
     return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, remaining))))
+
+
+def wsd_learning_rate(peak: float, fraction: float, warmup: float, cooldown: float) -> float:
+    """Warmup-stable-decay: linear warm-up over [0, warmup), `peak` until 1 - cooldown, then a
+    linear decay to 0 at fraction 1.  Any prefix before the decay is the same whatever the budget,
+    so a longer run continues a shorter one."""
+    if fraction < warmup:
+        return peak * max(fraction, 1e-3) / warmup
+    if cooldown <= 0 or fraction <= 1.0 - cooldown:
+        return peak
+    return peak * max(0.0, 1.0 - fraction) / cooldown
+
+
+def scheduled_lr(config: TrainConfig, peak: float, fraction: float) -> float:
+    """The learning rate of `config`'s schedule at `fraction` of the budget."""
+    if config.schedule == "wsd":
+        return wsd_learning_rate(peak, fraction, config.warmup, config.cooldown)
+    return learning_rate(peak, fraction, config.warmup, config.min_lr_ratio)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.AdamW:
@@ -219,8 +282,10 @@ def train(
 ) -> TrainResult:
     """Train `arch` (tree, text or seed name) on `task` (a `Task` or its text) under `config`.
 
-    `callback(step, val_metrics)` is called every `config.eval_every` steps and may return True
-    to stop training (the result then has ``reason="stopped"`` and only validation metrics).
+    `callback(step, val_metrics)` is called at each validation evaluation during training (every
+    `config.eval_every` steps) and at each rung (`config.rungs`, with the rung's score) and may
+    return True to stop training (the result then has ``reason="stopped"`` and only validation
+    metrics: at a rung, the rung's score).
     `progress(StepInfo)` is called after every step (e.g. for a progress bar)."""
     task = get_task(task)
     if config.threads is not None:
@@ -274,9 +339,25 @@ def _train_one(
     optimizer = make_optimizer(model, config, peak)
     params = [p for p in model.parameters() if p.requires_grad]
     history: list[dict[str, float]] = []
+    rungs: list[dict[str, float]] = []
+    pending = sorted(set(config.rungs))  # rung steps not reached yet
     first_loss, running = None, None
     train_started = time.perf_counter()
     step = 0
+    if config.state_path is not None and os.path.exists(config.state_path):  # continue a saved run
+        state = torch.load(config.state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        step, first_loss, running = state["step"], state["first_loss"], state["running"]
+        history, rungs = list(state["history"]), list(state["rungs"])
+        evaluations.next_tenth = state["next_tenth"]
+        if best is not None and state["best"] is not None:
+            best.step, best.metrics, best.state = state["best"]
+        train_started -= state["seconds"]
+        pending = [s for s in pending if s > step]
+        outcome.update(steps=step, history=tuple(history), rungs=tuple(rungs), resumed_from=step)
     try:
         model.train()
         while True:
@@ -287,7 +368,7 @@ def _train_one(
             if fraction >= 1.0:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(peak, fraction, config.warmup, config.min_lr_ratio)
+                group["lr"] = scheduled_lr(config, peak, fraction)
             batch = tuple(t.to(config.device) for t in splits.train.sample(batch_size, generator))
             loss = task.loss(model, batch)
             value = loss.item()
@@ -308,15 +389,31 @@ def _train_one(
             fraction = budget.progress(step, time.perf_counter() - train_started)
             if progress is not None:
                 progress(StepInfo(step, fraction, running, time.perf_counter() - started))
+            at_rung = bool(pending) and step >= pending[0] and fraction < 1.0  # the last rung is the end
+            if at_rung:
+                pending = [s for s in pending if s > step]
+            plain = None
             if evaluations.due(step, fraction) and fraction < 1.0:  # the final evaluation follows the loop
-                val = evaluate(task, model, splits.val, started, limit)
+                val = plain = evaluate(task, model, splits.val, started, limit)
                 history.append({"step": step, **val})
                 outcome["history"] = tuple(history)
                 if best is not None:
                     best.offer(step, val, model)
-                if callback is not None and callback(step, val):
-                    outcome["metrics"] = {"train/loss": running, **{f"val/{k}": v for k, v in val.items()}}
-                    return finish("ok", "stopped")
+            if at_rung:  # the callback sees the rung's score at a rung, the plain evaluation otherwise
+                cooled, val = score_rung(task, model, optimizer, config, peak, fraction, step, splits, batch_size, started, limit)
+                rungs.append({"step": step, "cooldown": cooled, **val})
+                outcome["rungs"] = tuple(rungs)
+                if config.state_path is not None:
+                    save_state(config.state_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                               generator=generator.get_state(), rng=torch.get_rng_state(), step=step,
+                               first_loss=first_loss, running=running, history=history, rungs=rungs,
+                               next_tenth=evaluations.next_tenth, seconds=time.perf_counter() - train_started,
+                               best=None if best is None or not best.metrics else (best.step, best.metrics, best.state))  # fmt: skip
+            elif plain is None:
+                continue
+            if callback is not None and callback(step, val):
+                outcome["metrics"] = {"train/loss": running, **{f"val/{k}": v for k, v in val.items()}}
+                return finish("ok", "stopped")
         val = evaluate(task, model, splits.val, started, limit)
         outcome["selected_step"] = step
         if best is not None and not best.offer(step, val, model):
@@ -337,6 +434,52 @@ def _train_one(
     if config.weights_path is not None:
         save_weights(model, config.weights_path)
     return finish("ok", None)
+
+
+def score_rung(
+    task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, peak: float,
+    fraction: float, step: int, splits: Any, batch_size: int, started: float, limit: float | None,
+) -> tuple[int, dict[str, float]]:
+    """A rung's score: the validation metrics of a copy of the model (and optimiser) after
+    ``rung_cooldown`` × `step` more steps whose learning rate falls linearly from the current one
+    to zero, on batches of a generator of its own; returns (cool-down steps, metrics).  The run
+    itself is left exactly as it was: the copy is discarded, and torch's global random state is
+    restored afterwards."""
+    n = round(config.rung_cooldown_fraction * step)
+    if n == 0:
+        return 0, evaluate(task, model, splits.val, started, limit)
+    devices = [torch.device(config.device).index or 0] if torch.device(config.device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        twin = copy.deepcopy(model)
+        optimizer_twin = make_optimizer(twin, config, peak)
+        optimizer_twin.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        params = [p for p in twin.parameters() if p.requires_grad]
+        generator = torch.Generator().manual_seed(1_000_003 * (config.seed + 1) + step)
+        start_lr = scheduled_lr(config, peak, fraction)
+        twin.train()
+        for i in range(n):
+            if limit is not None and time.perf_counter() - started > limit:
+                raise Failure("timeout", f"a rung's cool-down passed the time limit of {limit:g}s at step {step}")
+            for group in optimizer_twin.param_groups:
+                group["lr"] = start_lr * (n - i) / n
+            batch = tuple(t.to(config.device) for t in splits.train.sample(batch_size, generator))
+            loss = task.loss(twin, batch)
+            if not math.isfinite(loss.item()):
+                raise Failure("nan", f"non-finite training loss in the cool-down of the rung at step {step}")
+            optimizer_twin.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
+            if not math.isfinite(norm.item()):
+                raise Failure("nan", f"non-finite gradient norm in the cool-down of the rung at step {step}")
+            optimizer_twin.step()
+        return n, evaluate(task, twin, splits.val, started, limit)
+
+
+def save_state(path: str, **state: Any) -> None:
+    """The training state (tensors, numbers, lists) in one file, replaced atomically."""
+    temporary = f"{path}.tmp"
+    torch.save(state, temporary)
+    os.replace(temporary, path)
 
 
 class Evaluations:
@@ -394,7 +537,9 @@ def _train_suite(
     its name, and the mean of the members' primary metric on val and test."""
     members = suite.members
     # no inheritance: a suite's saved weights are only its last member's model
-    share = replace(config, budget=(config.budget or suite.budget).split(len(members)), init_from=None, init_arch=None)
+    # no rungs either: the suite's score needs every member, and they train one after another
+    share = replace(config, budget=(config.budget or suite.budget).split(len(members)), init_from=None, init_arch=None,
+                    rungs=(), state_path=None)  # fmt: skip
     results = [_train_one(arch, member, share, callback, progress) for member in members]
     seconds = sum(r.seconds for r in results)
     steps = sum(r.steps for r in results)

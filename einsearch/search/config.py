@@ -10,7 +10,7 @@ from einsearch.tasks.base import Budget
 
 OBJECTIVES = ("metric", "params", "flops", "state")  # cost objectives are minimised
 EXECUTORS = ("ray", "inline")
-SCHEDULERS = ("fifo", "asha")
+SCHEDULERS = ("fifo", "asha")  # asha: successive halving (Optuna's pruner inline, Ray Tune's ASHAScheduler on Ray)
 
 
 @dataclass(frozen=True)
@@ -21,13 +21,15 @@ class RunConfig:
     seed_archs: tuple[str, ...] = ()  # seed names or architecture texts that start the search
     trials: int = 12  # total evaluations (trained, failed, rejected and reused alike)
     time_budget: float | None = None  # seconds of wall clock for the whole search
-    trial_budget: str = "20s"  # each candidate's training budget: seconds and/or steps
+    trial_budget: str = "1500steps"  # each candidate's full training budget, in optimiser steps (never seconds)
     time_limit: float | None = None  # seconds before a candidate fails as "timeout" (default: the trainer's)
     workers: int = 2
     executor: str = "ray"  # ray | inline
     address: str | None = None  # an existing Ray cluster; None: RAY_ADDRESS or a local Ray
-    scheduler: str = "fifo"  # fifo | asha (early stopping from intermediate validation metrics)
-    eval_every: int | None = None  # steps between intermediate validation reports (asha needs it)
+    scheduler: str = "asha"  # asha (successive halving over the rung ladder) | fifo (every trial gets the full budget)
+    rungs: int = 3  # asha: the ladder's rungs, at full/eta^(rungs-1), ..., full/eta, full steps
+    eta: int = 3  # asha: the reduction factor: about 1/eta of a rung's candidates go on to the next
+    eval_every: int | None = None  # steps between validation evaluations kept in a trial's history
     objectives: tuple[str, ...] = ("metric",)
     max_params: int | None = None  # cheap constraints: candidates above are rejected untrained
     max_flops: float | None = None  # per token, at the task's sequence length
@@ -66,16 +68,42 @@ class RunConfig:
         if self.time_budget is not None and self.time_budget <= 0:
             problems.append(f"time budget must be positive, got {self.time_budget}")
         try:
-            Budget.parse(self.trial_budget)
+            budget = Budget.parse(self.trial_budget)
         except ValueError as e:
             problems.append(f"trial budget: {e}")
+        else:
+            if budget.seconds is not None:
+                problems.append(
+                    f"trial budget: {self.trial_budget!r} counts seconds; give optimiser steps (e.g. 1500steps): a "
+                    "score within seconds depends on what else the machine runs (time_limit is the safety limit in seconds)"
+                )
+            elif self.scheduler == "asha" and budget.steps < self.eta ** (self.rungs - 1):
+                problems.append(
+                    f"trial budget: {budget.steps} steps cannot hold {self.rungs} rungs a factor {self.eta} apart "
+                    f"(it needs at least {self.eta ** (self.rungs - 1)} steps; or fewer rungs, or scheduler fifo)"
+                )
+        if self.rungs < 1:
+            problems.append(f"rungs must be at least 1, got {self.rungs}")
+        if self.eta < 2:
+            problems.append(f"eta (the reduction factor) must be at least 2, got {self.eta}")
         if problems:
             raise ValueError("; ".join(problems))
 
     @property
     def eval_interval(self) -> int | None:
-        """Steps between intermediate reports: as asked, or every 50 steps under asha."""
-        return self.eval_every or (50 if self.scheduler == "asha" else None)
+        """Steps between validation evaluations during a trial (its history), as asked."""
+        return self.eval_every
+
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        """The rungs in steps, the last being the full trial budget: r, r·eta, ..., r·eta^(rungs-2),
+        full, with r = full // eta^(rungs-1) (the promotion points of Optuna's and Ray's
+        successive halving with r as the first rung); just (full,) under fifo."""
+        full = Budget.parse(self.trial_budget).steps
+        if self.scheduler == "fifo" or self.rungs == 1:
+            return (full,)
+        first = full // self.eta ** (self.rungs - 1)
+        return tuple(first * self.eta**k for k in range(self.rungs - 1)) + (full,)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,11 +1,13 @@
 """Executors: how jobs run. Both drive the same `Search`; neither knows what a job means.
 
-* `run_inline`: one job at a time in this process (debugging, tests, tiny runs).
+* `run_inline`: one job at a time in this process (debugging, tests, tiny runs); with rungs,
+  Optuna's successive-halving pruner stops weak candidates at a rung (`Search.pruning_callback`).
 * `run_ray`: Ray Tune runs `workers` jobs at once, on a local Ray it starts or on a cluster
-  (`address`, or the RAY_ADDRESS variable); a worker that dies is retried (`FailureConfig`), and
-  with `scheduler="asha"` weak candidates are stopped early from their intermediate validation
-  metric.  A Tune `Searcher` adapts the driver: `suggest` asks it for a job, `on_trial_complete`
-  hands back the outcome.
+  (`address`, or the RAY_ADDRESS variable); a worker that dies is retried (`FailureConfig`) and
+  continues from the Tune checkpoint of its last rung.  With rungs, Ray Tune's `ASHAScheduler`
+  (time attribute: steps) stops weak candidates at a rung; the others keep training.  A Tune
+  `Searcher` adapts the driver: `suggest` asks it for a job, `on_trial_result` passes on rung
+  scores, `on_trial_complete` hands back the outcome (a stopped trial's: its last rung report).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from einsearch.search.run import Job, Search, evaluate
+from einsearch.search.run import Job, Search, evaluate, model_costs
 
 Update = Callable[[], None]  # called after every recorded trial (progress display)
 
@@ -29,7 +33,7 @@ def run_inline(search: Search, update: Update = lambda: None) -> bool:
     try:
         while (job := search.next_job()) is not None:
             update()
-            outcome = evaluate(job.to_dict(), callback=None)
+            outcome = evaluate(job.to_dict(), callback=_updating(search.pruning_callback(job), update))
             search.finish(job, outcome)
             update()
     except KeyboardInterrupt:
@@ -38,22 +42,74 @@ def run_inline(search: Search, update: Update = lambda: None) -> bool:
     return True
 
 
+def _updating(callback, update: Update):
+    """`callback`, followed by a refresh of the progress view; None stays None."""
+    if callback is None:
+        return None
+
+    def wrapped(step: int, val: dict[str, float]) -> bool:
+        stop = callback(step, val)
+        update()
+        return stop
+
+    return wrapped
+
+
 # ---------------------------------------------------------------------------------------------- Ray
 
 
 def _trainable(config: dict[str, Any]) -> None:
-    """The Tune function trainable: train one job, report intermediate and final results."""
+    """The Tune function trainable: train one job; at each rung report its score (`step` is
+    Tune's time attribute) with a checkpoint of the training state, then the final result.
+
+    ASHA stops a weak trial after a rung report, so each rung report also carries the trial's
+    record so far (``partial``); a promoted trial just goes on training.  A retried trial (its
+    worker died) continues from the checkpoint of its last rung."""
     from ray import tune
 
     job = config["job"]
+    rungs = set(job.get("rungs", ()))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="einsearch-trial-") as work:
+        state_path = os.path.join(work, "state.pt")
+        scores: list[dict[str, float]] = []
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as saved:
+                shutil.copy(os.path.join(saved, "state.pt"), state_path)
+                scores = json.loads(Path(saved, "rungs.json").read_text())
+        costs = _costs(job) if rungs else None
 
-    def report(step: int, val: dict[str, float]) -> bool:
-        tune.report({"objective": val.get(job["metric"], math.nan), "step": step})
-        return False
+        def report(step: int, val: dict[str, float]) -> bool:
+            if step not in rungs:
+                return False
+            scores.append({"step": step, **val})
+            partial = dict(
+                status="ok", reason="stopped", metrics={f"val/{k}": v for k, v in val.items()}, costs=costs,
+                steps=step, seconds=time.perf_counter() - started, task=job["task"], arch=job["arch"], rungs=scores,
+            )  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="einsearch-rung-") as folder:
+                shutil.copy(state_path, os.path.join(folder, "state.pt"))
+                Path(folder, "rungs.json").write_text(json.dumps(scores))
+                metrics = {"objective": val.get(job["metric"], math.nan), "step": step, "partial": json.dumps(partial)}
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            return False
 
-    outcome = evaluate(job, callback=report if job["eval_every"] else None)
+        outcome = evaluate(job, callback=report if rungs else None, state_path=state_path if rungs else None)
     value = outcome.get("metrics", {}).get(f"val/{job['metric']}")
     tune.report({"objective": math.nan if value is None else value, "outcome": json.dumps(outcome)})
+
+
+def _costs(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The candidate's costs, for the record of a trial stopped at a rung (None if it does not
+    build: the trainer reports that)."""
+    from einsearch.grammar.seeds import resolve
+    from einsearch.tasks import get_task
+
+    try:
+        return model_costs(get_task(job["task"]), resolve(job["arch"]), job["d_model"], job["layers"])
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _driver_searcher_class():
@@ -75,14 +131,22 @@ def _driver_searcher_class():
             self.jobs[trial_id] = job
             return {"job": {**job.to_dict(), "metric": self.search.task.metric}}
 
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            job = self.jobs.get(trial_id)
+            if job is not None and "partial" in result:
+                self.search.rung_reached(job, result["step"], result["objective"])
+                self.update()
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             job = self.jobs.pop(trial_id)
             if error:
                 self.search.finish(job, None, error="worker_crash")
-            elif result is None or "outcome" not in result:
-                self.search.finish(job, None, error="stopped")
-            else:
+            elif result is not None and "outcome" in result:
                 self.search.finish(job, json.loads(result["outcome"]))
+            elif result is not None and "partial" in result:  # stopped by the scheduler after this rung
+                self.search.finish(job, json.loads(result["partial"]))
+            else:
+                self.search.finish(job, None, error="stopped")
             self.update()
 
         def save(self, checkpoint_path: str) -> None:
@@ -119,13 +183,14 @@ def run_ray(search: Search, update: Update = lambda: None) -> bool:
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=config.workers, _temp_dir=_ray_temp_dir(), **kwargs)
-    scheduler = (
-        ASHAScheduler(
-            metric="objective", mode=mode, time_attr="step", grace_period=config.eval_interval or 1, reduction_factor=3, max_t=10**9
+    ladder = search.ladder
+    if len(ladder) > 1:
+        scheduler = ASHAScheduler(
+            metric="objective", mode=mode, time_attr="step", grace_period=ladder[0], reduction_factor=config.eta, max_t=ladder[-1]
         )
-        if config.scheduler == "asha"
-        else FIFOScheduler()
-    )
+        _remember_earlier_rungs(scheduler, search)
+    else:
+        scheduler = FIFOScheduler()
     session = sum(1 for _ in (search.folder.path / "tune").glob("session-*")) if (search.folder.path / "tune").exists() else 0
     tuner = tune.Tuner(
         tune.with_resources(_trainable, {"cpu": 1}),
@@ -141,6 +206,7 @@ def run_ray(search: Search, update: Update = lambda: None) -> bool:
             name=f"session-{session}",
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # a trial's last rung is all a retry needs
         ),
     )
     try:
@@ -155,6 +221,22 @@ def run_ray(search: Search, update: Update = lambda: None) -> bool:
         search.interrupt()
         return False
     return True
+
+
+def _remember_earlier_rungs(scheduler: Any, search: Search) -> None:
+    """Give ASHA the rung scores of a resumed run's earlier sessions, so that new trials compete
+    with them too (Tune keeps a scheduler's state only within one `Tuner.fit`).  Uses ASHA's
+    bracket bookkeeping (`_brackets`, `_rungs`: milestone and {trial: score × mode sign})."""
+    sign = 1.0 if search.maximize else -1.0
+    rungs = search.ladder[:-1]
+    for bracket in getattr(scheduler, "_brackets", ()):
+        for milestone, recorded in getattr(bracket, "_rungs", ()):
+            if int(milestone) not in rungs:
+                continue
+            k = rungs.index(int(milestone))
+            for r in search.records:
+                if r.reused_from is None and k < len(r.rung_scores) and math.isfinite(r.rung_scores[k]):
+                    recorded[f"earlier-{r.number}"] = sign * r.rung_scores[k]
 
 
 def _ray_temp_dir() -> str:

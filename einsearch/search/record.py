@@ -34,9 +34,9 @@ class TrialRecord:
     number: int
     arch: str
     id: str
-    status: str  # ok | failed | rejected (cheap constraint, never trained) | stopped (early, by the scheduler)
+    status: str  # ok | failed | rejected (cheap constraint, never trained) | stopped (at a rung, by the scheduler)
     reason: str | None
-    objectives: tuple[float, ...] | None  # in the order of the run's objectives; None unless usable
+    objectives: tuple[float, ...] | None  # in the order of the run's objectives (a stopped trial's: at its last rung); None unless usable
     metrics: dict[str, float] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
     steps: int = 0
@@ -47,6 +47,8 @@ class TrialRecord:
     origin: str = ""  # how the strategy made it: seed, sample, mutation, crossover, optuna
     parent: int | None = None  # the trial it was made from (evolution; a crossover's first parent)
     inherited: int = 0  # tensors it started from the parent's trained weights (--inherit)
+    rung: int | None = None  # the highest rung it reached (1 = the first; the ladder's length: the full budget); None without rungs
+    rung_scores: tuple[float, ...] = ()  # its score (val metric of a cooled-down copy) at each intermediate rung it reached
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -56,6 +58,7 @@ class TrialRecord:
         data = json.loads(line)
         if data.get("objectives") is not None:
             data["objectives"] = tuple(data["objectives"])
+        data["rung_scores"] = tuple(data.get("rung_scores", ()))
         return cls(**data)
 
 
@@ -110,17 +113,23 @@ class RunFolder:
                 continue
         return records
 
-    def study(self, storage: str | None, directions: list[str], sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-        """The run's Optuna study: created on first use, loaded on resume."""
+    def study(
+        self, storage: str | None, directions: list[str], sampler: optuna.samplers.BaseSampler, suffix: str = "",
+        pruner: optuna.pruners.BasePruner | None = None,
+    ) -> optuna.Study:
+        """The run's Optuna study (or, with a `suffix`, a companion study in the same storage):
+        created on first use, loaded on resume.  A pruner is not stored with a study: it is given
+        again at every load (None: none, not Optuna's default median pruner)."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         backend = storage or JournalStorage(JournalFileBackend(str(self.journal_path)))
         return optuna.create_study(
             storage=backend,
-            study_name=self.path.name,
+            study_name=self.path.name + suffix,
             directions=directions,
             sampler=sampler,
+            pruner=pruner or optuna.pruners.NopPruner(),
             load_if_exists=True,
-        )
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,10 +139,16 @@ class Leader:
 
 
 def scored(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Trials with a usable objective, counting a reused result once (under its first trial)."""
+    """Trials trained to the full budget with a usable objective, counting a reused result once
+    (under its first trial)."""
     return [r for r in records if r.status == "ok" and r.objectives and r.reused_from is None]
 
 
 def leaderboard(records: list[TrialRecord], maximize: bool) -> list[Leader]:
-    ranked = sorted(scored(records), key=lambda r: r.objectives[0], reverse=maximize)
+    """Trials with a score, best first: those trained to the full budget and those the scheduler
+    stopped at a rung, ranked first by the rung they reached (a higher rung ranks higher) and then
+    by their score there, so candidates are only compared at equal budget."""
+    sign = 1.0 if maximize else -1.0
+    candidates = [r for r in records if r.status in ("ok", "stopped") and r.objectives and r.reused_from is None]
+    ranked = sorted(candidates, key=lambda r: (r.rung or 0, sign * r.objectives[0]), reverse=True)
     return [Leader(i + 1, r) for i, r in enumerate(ranked)]

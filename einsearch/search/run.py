@@ -7,6 +7,13 @@ the next `Job` and hand back each job's outcome:
     outcome = evaluate(job)          # in a worker: train and score one candidate
     search.finish(job, outcome)      # record it (trials.jsonl + Optuna study), tell the strategy
 
+Successive halving (``scheduler="asha"``): a job trains to the full budget but is scored at each
+intermediate rung of the ladder (`RunConfig.ladder`; the trainer scores a cooled-down copy, so the
+run itself goes on unchanged); the scheduler stops the weak ones there (inline: Optuna's
+`SuccessiveHalvingPruner` on a companion study ``<name>.rungs``; on Ray: Ray Tune's
+`ASHAScheduler`), and the promoted ones simply keep training, from where they are.  A stopped
+trial is recorded as ``stopped`` with the rung it reached and its score there.
+
 Before a job is handed out, duplicates (same `Arch.id` as a finished trial) reuse that trial's
 result, and candidates over `max_params`/`max_flops`/`max_state` are rejected; neither costs any
 training.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +39,7 @@ from einsearch.search.config import RunConfig
 from einsearch.search.record import RunFolder, TrialRecord, leaderboard
 from einsearch.search.strategies import make_strategy
 from einsearch.tasks import Budget, Task, get_task
+from einsearch.tasks.mad import MAD
 from einsearch.train import TrainConfig, TrainResult, train
 
 COST_KEYS = {"params": "params", "flops": "flops_per_token", "state": "state_size"}
@@ -52,14 +61,17 @@ class Job:
     weights: str | None  # where the worker saves the trained weights
     inherit_from: str | None = None  # the parent's weights to start from (--inherit) ...
     inherit_arch: str | None = None  # ... and the parent's architecture
+    rungs: tuple[int, ...] = ()  # the ladder's intermediate rungs (steps), where the scheduler scores it
     started: float = 0.0  # the driver's clock when the job was handed out (not sent to workers)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "started"}
 
 
-def evaluate(job: dict[str, Any], callback=None) -> dict[str, Any]:
-    """Train one job's candidate and return its `TrainResult` as a dict (runs in a worker)."""
+def evaluate(job: dict[str, Any], callback=None, state_path: str | None = None) -> dict[str, Any]:
+    """Train one job's candidate and return its `TrainResult` as a dict (runs in a worker).
+    `callback(step, val_metrics)` sees the scores at the job's rungs (and any ``eval_every``
+    evaluation) and may stop it; `state_path`: see `TrainConfig.state_path`."""
     config = TrainConfig(
         d_model=job["d_model"],
         layers=job["layers"],
@@ -70,6 +82,8 @@ def evaluate(job: dict[str, Any], callback=None) -> dict[str, Any]:
         weights_path=job["weights"],
         init_from=job.get("inherit_from"),
         init_arch=job.get("inherit_arch"),
+        rungs=tuple(job.get("rungs", ())),
+        state_path=state_path,
     )
     return train(job["arch"], job["task"], config, callback=callback).to_dict()
 
@@ -93,6 +107,11 @@ class Search:
         self.elapsed_before = 0.0
         self.clock_start = time.monotonic()
         self._best_written: int | None = None  # the trial whose files are in best/
+        # a suite (mad) trains its members one after another: no score at a rung, no rungs
+        self.ladder = config.ladder if not isinstance(self.task, MAD) else config.ladder[-1:]
+        self.reached: dict[int, int] = {}  # running trial -> rungs it has passed (progress view)
+        self.pruning: dict[int, optuna.Trial] = {}  # running trial -> its trial in the rung study (inline)
+        self.rung_study: optuna.Study | None = None  # successive halving's bookkeeping (inline)
 
     def attach(self) -> None:
         """Open the run folder's study and replay its finished trials (a resumed run continues)."""
@@ -100,9 +119,16 @@ class Search:
         self.study = self.folder.study(self.config.storage, directions, self.strategy.sampler(self.config.seed))
         self.records = self.folder.trials()
         self.strategy.replay(self.records)
-        self.by_id = {r.id: r for r in self.records if r.reused_from is None and r.status in ("ok", "failed")}
+        self.by_id = {r.id: r for r in self.records if r.reused_from is None and r.status in ("ok", "failed", "stopped")}
         self.elapsed_before = max((r.finished_at for r in self.records), default=0.0)
         self.clock_start = time.monotonic()
+        if len(self.ladder) > 1 and self.config.executor == "inline":  # Ray Tune's scheduler decides on Ray
+            pruner = optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=self.ladder[0], reduction_factor=self.config.eta, min_early_stopping_rate=0
+            )
+            direction = ["maximize" if self.maximize else "minimize"]
+            sampler = optuna.samplers.RandomSampler(seed=self.config.seed)  # samples nothing: trials carry no parameters
+            self.rung_study = self.folder.study(self.config.storage, direction, sampler, suffix=".rungs", pruner=pruner)
         self._fail_stale_trials()
 
     # ------------------------------------------------------------------ state
@@ -156,12 +182,56 @@ class Search:
                 eval_every=self.config.eval_interval,
                 weights=str(self.folder.weights_path(trial.number).absolute()),  # workers run elsewhere
                 started=time.monotonic(),
+                rungs=self.ladder[:-1],
                 **self._inheritance(trial.user_attrs.get("parent")),
             )
             trial.set_user_attr("origin", origin)
             self.running[job.number] = (job, trial)
+            self.reached[job.number] = 0
             return job
         return None
+
+    # ------------------------------------------------------------------ rungs
+    def rung_reached(self, job: Job, step: int, value: float) -> None:
+        """Note a running trial's score at a rung: for the progress view and, in a
+        single-objective study, as the trial's intermediate value (Optuna's samplers rank pruned
+        trials by it)."""
+        if job.number not in self.running or step not in self.ladder[:-1]:
+            return
+        self.reached[job.number] = self.ladder.index(step) + 1
+        if len(self.config.objectives) == 1:  # Optuna keeps no intermediate values for several objectives
+            self.running[job.number][1].report(value, step)
+
+    def pruning_callback(self, job: Job) -> Callable[[int, dict[str, float]], bool] | None:
+        """For the inline executor: a trainer callback that reports the job's score at each rung
+        to Optuna's successive-halving pruner (in the rung study) and stops the job when the
+        pruner says so; None without rungs."""
+        if self.rung_study is None:
+            return None
+        pruned = self.rung_study.ask()
+        pruned.set_user_attr("trial", job.number)
+        self.pruning[job.number] = pruned
+        rungs = set(self.ladder[:-1])
+
+        def callback(step: int, val: dict[str, float]) -> bool:
+            if step not in rungs:
+                return False
+            value = val.get(self.task.metric, math.nan)
+            self.rung_reached(job, step, value)
+            pruned.report(value, step)
+            return pruned.should_prune()
+
+        return callback
+
+    def _close_pruning(self, number: int, status: str, value: float | None) -> None:
+        pruned = self.pruning.pop(number, None)
+        if pruned is None:
+            return
+        if status == "ok" and value is not None and math.isfinite(value):
+            self.rung_study.tell(pruned, value)
+        else:
+            state = optuna.trial.TrialState.PRUNED if status == "stopped" else optuna.trial.TrialState.FAIL
+            self.rung_study.tell(pruned, state=state)
 
     def _rejection(self, arch: Arch) -> tuple[str, dict[str, float]] | None:
         """Cheap constraints (`max_params`, `max_flops`, `max_state`), checked on a built
@@ -180,12 +250,18 @@ class Search:
         """Record a job's outcome: a TrainResult dict, or None with `error` (a crashed worker,
         or a trial the scheduler stopped before it reported a final result)."""
         _, trial = self.running.pop(job.number)
+        self.reached.pop(job.number, None)
         arch = resolve(job.arch)
         if outcome is None:
             status = "stopped" if error == "stopped" else "failed"
-            return self._record(trial, arch, trial.user_attrs.get("origin", ""), status=status, reason=error, started=job.started)
+            self._close_pruning(job.number, status, None)
+            rung = None if len(self.ladder) == 1 else 0
+            origin = trial.user_attrs.get("origin", "")
+            return self._record(trial, arch, origin, status=status, reason=error, started=job.started, rung=rung)
         result = TrainResult.from_dict(outcome)
         status = "stopped" if result.reason == "stopped" else result.status
+        self._close_pruning(job.number, status, result.metrics.get(f"val/{self.task.metric}"))
+        scores = tuple(float(r.get(self.task.metric, math.nan)) for r in result.rungs if r.get("step") in self.ladder[:-1])
         return self._record(
             trial,
             arch,
@@ -199,6 +275,8 @@ class Search:
             detail=result.detail,
             started=job.started,
             inherited=result.inherited,
+            rung=None if len(self.ladder) == 1 else len(scores) + (status == "ok"),
+            rung_scores=scores,
         )
 
     def _objectives(self, metrics: dict[str, float], costs: dict[str, Any]) -> tuple[float, ...] | None:
@@ -222,10 +300,12 @@ class Search:
         started: float | None = None,
         reused: TrialRecord | None = None,
         inherited: int = 0,
+        rung: int | None = None,
+        rung_scores: tuple[float, ...] = (),
     ) -> TrialRecord:
         if reused is not None:
             status, reason, metrics, costs = reused.status, reused.reason, reused.metrics, reused.costs
-            objectives = reused.objectives
+            objectives, rung, rung_scores = reused.objectives, reused.rung, reused.rung_scores
         else:
             metrics, costs = metrics or {}, costs or {}
             objectives = self._objectives(metrics, costs) if status in ("ok", "stopped") else None
@@ -235,7 +315,7 @@ class Search:
             id=arch.id,
             status=status,
             reason=reason,
-            objectives=objectives if status == "ok" else None,
+            objectives=objectives if status in ("ok", "stopped") else None,
             metrics=metrics,
             costs=costs,
             steps=steps,
@@ -246,18 +326,20 @@ class Search:
             origin=origin,
             parent=trial.user_attrs.get("parent"),
             inherited=inherited,
+            rung=rung,
+            rung_scores=rung_scores,
         )
         for key, value in (("arch", record.arch), ("id", record.id), ("status", status), ("reason", reason),
                            ("detail", detail), ("metrics", json.dumps(metrics)), ("costs", json.dumps(costs)),
                            ("origin", origin), ("reused_from", record.reused_from)):  # fmt: skip
             trial.set_user_attr(key, value)
-        if record.objectives is not None:
+        if status == "ok" and record.objectives is not None:
             self.study.tell(trial, list(record.objectives))
-        else:
+        else:  # a pruned trial's value is its last intermediate one (single objective)
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED if status == "stopped" else optuna.trial.TrialState.FAIL)
         self.folder.append(record)
         self.records.append(record)
-        if reused is None and status in ("ok", "failed"):
+        if reused is None and status in ("ok", "failed", "stopped"):
             self.by_id[record.id] = record
         self.strategy.observe(record)
         self._keep_best_weights()
@@ -302,15 +384,18 @@ class Search:
     def _fail_stale_trials(self) -> None:
         """Trials left running by an interrupted session are closed as failed (they are re-proposed,
         never half-counted)."""
-        for frozen in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+        for study in (self.study, self.rung_study):
+            for frozen in () if study is None else study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
 
     def interrupt(self) -> None:
         """Close the trials still running as failed in the study; trials.jsonl keeps only finished ones."""
-        for _, trial in self.running.values():
+        for number, (_, trial) in self.running.items():
             trial.set_user_attr("reason", "interrupted")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            self._close_pruning(number, "failed", None)
         self.running.clear()
+        self.reached.clear()
 
 
 def new_run_folder(root: str | Path = "runs") -> RunFolder:

@@ -48,10 +48,11 @@ class ProgressView:
                 f"trials {len(s.records)}/{c.trials} done: {counts['ok']} ok, {counts['failed']} failed, "
                 f"{counts['rejected']} rejected, {counts['stopped']} stopped, {reused} reused  ·  {len(s.running)} running"
             ),
+            *([Text(rung_line(s))] if len(s.ladder) > 1 else []),
             Text(
                 "best: none yet"
                 if best is None
-                else f"best val/{s.task.metric} {best.objectives[0]:.4g}  (trial {best.number}: {best.arch})",
+                else f"best val/{s.task.metric} {best.objectives[0]:.4g}{at_rung(best.rung, s.ladder)}  (trial {best.number}: {best.arch})",
                 overflow="ellipsis",
                 no_wrap=True,
             ),
@@ -61,6 +62,23 @@ class ProgressView:
             ),
         ]
         return Group(*lines)
+
+
+def rung_line(search: Search) -> str:
+    """How many trials reached each rung of the ladder (trained ones; running ones in brackets)."""
+    parts = []
+    for k, steps in enumerate(search.ladder, start=1):
+        done = sum((r.rung or 0) >= k for r in search.records if r.reused_from is None)
+        running = sum(reached >= k for reached in search.reached.values())
+        parts.append(f"{steps} steps: {done}" + (f" (+{running} running)" if running else ""))
+    return "rungs reached  ·  " + "  ·  ".join(parts)
+
+
+def at_rung(rung: int | None, ladder: tuple[int, ...]) -> str:
+    """' at rung k/n (steps)', or nothing without rungs."""
+    if rung is None or len(ladder) == 1 or not 1 <= rung <= len(ladder):
+        return ""
+    return f" at rung {rung}/{len(ladder)} ({ladder[rung - 1]} steps)"
 
 
 def execute(search: Search, console: Console | None = None, live: bool = True) -> Outcome:

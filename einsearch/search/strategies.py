@@ -7,7 +7,8 @@ strategy's trials are recorded the same way and `optuna-dashboard` shows them al
 
 * `random`: independent samples from the space's PCFG.
 * `evolution`: regularised evolution (Real et al. 2019): the population is the `population`
-  most recent successful trials (age-based removal); a child is a mutation of the winner of a
+  most recent successful trials (age-based removal; with successive halving also those stopped
+  at a rung, which lose a tournament to any that reached a higher rung); a child is a mutation of the winner of a
   tournament of `tournament` random members or, with probability `crossover`, the crossover of
   two winners.  The first children are the `--seed-arch` seeds and their mutations.  A child's
   `Proposal.parent` is the trial it was made from (a crossover's: the first winner, the tree the
@@ -46,6 +47,7 @@ class Member:
     arch: Arch
     score: float
     number: int
+    rung: int = 0  # successive halving: the rung it reached (tournaments compare the rung first)
 
 
 class Strategy:
@@ -134,13 +136,14 @@ class Evolution(Strategy):
     def _winner(self) -> Member:
         members = list(self.population)
         picks = self.rng.choice(len(members), size=min(self.tournament, len(members)), replace=False)
-        best = (max if self.maximize else min)(picks, key=lambda i: members[i].score)
+        sign = 1.0 if self.maximize else -1.0  # a higher rung wins; at equal rungs, the better score
+        best = max(picks, key=lambda i: (members[i].rung, sign * members[i].score))
         return members[best]
 
     def observe(self, record: TrialRecord) -> None:
-        if record.status == "ok" and record.objectives:
+        if record.status in ("ok", "stopped") and record.objectives:  # stopped: scored at a lower rung
             number = record.number if record.reused_from is None else record.reused_from
-            self.population.append(Member(parse(record.arch), record.objectives[0], number))
+            self.population.append(Member(parse(record.arch), record.objectives[0], number, record.rung or 0))
 
     def parents(self) -> set[int]:
         return {m.number for m in self.population}

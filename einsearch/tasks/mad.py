@@ -195,7 +195,7 @@ def memorization_instance(rng: np.random.Generator, vocab: int, seq_len: int, kv
 class MadTask(TokenTask):
     """A MAD task: fixed train / val / test sets of `instance` draws."""
 
-    budget: ClassVar[Budget] = Budget(seconds=120)
+    budget: ClassVar[Budget] = Budget(steps=1000)
     batch_size: ClassVar[int] = 32
     lr: ClassVar[float] = 1e-3
 
@@ -390,7 +390,7 @@ class MAD(Task):
     summary: ClassVar[str] = "the MAD suite: mean accuracy over its six tasks (one model each)"
     metric: ClassVar[str] = "accuracy"
     mode: ClassVar[str] = "max"
-    budget: ClassVar[Budget] = Budget(seconds=720)
+    budget: ClassVar[Budget] = Budget(steps=6000)  # 1000 steps for each of the six members
     batch_size: ClassVar[int] = MadTask.batch_size
     lr: ClassVar[float] = MadTask.lr
 

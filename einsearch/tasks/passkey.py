@@ -62,7 +62,7 @@ def passkey_instance(rng: np.random.Generator, length: int, digits: int) -> tupl
 class Passkey(TokenTask):
     name: ClassVar[str] = "passkey"
     summary: ClassVar[str] = "find a pass key hidden in filler text (bytes; Mohtashami & Jaggi 2023)"
-    budget: ClassVar[Budget] = Budget(seconds=300)
+    budget: ClassVar[Budget] = Budget(steps=2000)  # work, not time: the same result on any load
     batch_size: ClassVar[int] = 16
     lr: ClassVar[float] = 1e-3
     eval_batch_size: ClassVar[int] = 32

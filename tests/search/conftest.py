@@ -11,7 +11,7 @@ TINY_TASK = "mqar:vocab=32,seq_len=16,pairs=2,train=256,val=32,test=32"
 
 def tiny_config(**changes) -> RunConfig:
     base = dict(
-        task=TINY_TASK, space=TINY_SPACE, strategy="random", trials=4, trial_budget="3steps",
+        task=TINY_TASK, space=TINY_SPACE, strategy="random", trials=4, trial_budget="3steps", scheduler="fifo",
         workers=2, executor="inline", d_model=16, layers=1, seed=0, finalists=0,
     )  # fmt: skip
     return RunConfig(**{**base, **changes})

@@ -29,7 +29,7 @@ def test_each_strategy_runs_on_ray(ray_local, tmp_path, strategy, monkeypatch):
 
 
 def test_asha_stops_or_finishes_every_trial(ray_local, tmp_path):
-    config = tiny_config(strategy="random", executor="ray", trials=4, scheduler="asha", eval_every=2, trial_budget="8steps")
+    config = tiny_config(strategy="random", executor="ray", trials=4, scheduler="asha", rungs=2, eta=2, trial_budget="8steps")
     outcome = start(config, RunFolder(tmp_path / "run"), live=False)
     assert outcome.completed
     records = outcome.search.folder.trials()
@@ -66,7 +66,7 @@ def _stop_cluster(temp_dir: str) -> None:
 
 
 def test_a_killed_worker_is_retried_and_the_search_finishes(ray_local, tmp_path):
-    config = tiny_config(strategy="random", executor="ray", trials=3, workers=1, trial_budget="3s")
+    config = tiny_config(strategy="random", executor="ray", trials=3, workers=1, trial_budget="1000steps")  # seconds of work each
     earlier = set(_trial_worker_pids())  # workers of earlier tests, possibly still exiting
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("outcome", start(config, RunFolder(tmp_path / "run"), live=False)))
@@ -101,7 +101,7 @@ def test_two_node_cluster_on_loopback(tmp_path):
         subprocess.run(worker, check=True, env=env, capture_output=True)
         run = [
             sys.executable, "-m", "einsearch.cli", "run", "--address", f"127.0.0.1:{port}", "--task", TINY_TASK,
-            "--space", TINY_SPACE, "--strategy", "random", "--trials", "3", "--trial-budget", "3steps",
+            "--space", TINY_SPACE, "--strategy", "random", "--trials", "3", "--trial-budget", "3steps", "--scheduler", "fifo",
             "--workers", "2", "--d-model", "16", "--layers", "1", "--output", str(tmp_path / "run"),
         ]  # fmt: skip
         done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
