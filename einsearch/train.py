@@ -370,20 +370,11 @@ def _train_one(
             for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr(config, peak, fraction)
             batch = tuple(t.to(config.device) for t in splits.train.sample(batch_size, generator))
-            loss = task.loss(model, batch)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise Failure("nan", f"non-finite training loss at step {step}")
+            value = take_step(task, model, optimizer, params, batch, config.clip, f"at step {step}")
             first_loss = value if first_loss is None else first_loss
             running = value if running is None else 0.9 * running + 0.1 * value
             if running > config.diverge_factor * max(first_loss, 1e-8):
                 raise Failure("diverged", f"training loss {running:.3g} > {config.diverge_factor:g} × its first value {first_loss:.3g} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
-            if not math.isfinite(norm.item()):
-                raise Failure("nan", f"non-finite gradient norm at step {step}")
-            optimizer.step()
             step += 1
             outcome["steps"] = step
             fraction = budget.progress(step, time.perf_counter() - train_started)
@@ -436,6 +427,22 @@ def _train_one(
     return finish("ok", None)
 
 
+def take_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], batch: tuple, clip: float, where: str) -> float:
+    """One optimiser step on `batch` with gradient clipping; returns the loss.  A non-finite loss
+    or gradient norm ends the run as ``nan`` (`where` says when, for the message)."""
+    loss = task.loss(model, batch)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise Failure("nan", f"non-finite training loss {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    if not math.isfinite(norm.item()):
+        raise Failure("nan", f"non-finite gradient norm {where}")
+    optimizer.step()
+    return value
+
+
 def score_rung(
     task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, peak: float,
     fraction: float, step: int, splits: Any, batch_size: int, started: float, limit: float | None,
@@ -463,15 +470,7 @@ def score_rung(
             for group in optimizer_twin.param_groups:
                 group["lr"] = start_lr * (n - i) / n
             batch = tuple(t.to(config.device) for t in splits.train.sample(batch_size, generator))
-            loss = task.loss(twin, batch)
-            if not math.isfinite(loss.item()):
-                raise Failure("nan", f"non-finite training loss in the cool-down of the rung at step {step}")
-            optimizer_twin.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
-            if not math.isfinite(norm.item()):
-                raise Failure("nan", f"non-finite gradient norm in the cool-down of the rung at step {step}")
-            optimizer_twin.step()
+            take_step(task, twin, optimizer_twin, params, batch, config.clip, f"in the cool-down of the rung at step {step}")
         return n, evaluate(task, twin, splits.val, started, limit)
 
 
