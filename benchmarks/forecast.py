@@ -54,7 +54,7 @@ def run_one(job: dict) -> dict:
 
     torch.set_num_threads(1)
     started = time.process_time()
-    config = TrainConfig(d_model=job["d_model"], layers=job["layers"], budget=Budget(steps=job["steps"]), seed=job["seed"])
+    config = TrainConfig(d_model=job["d_model"], layers=job["layers"], budget=Budget(steps=job["steps"]), seed=job["seed"], lr=job.get("lr"))
     result = train(job["arch"], job["task"], config)
     return {**job, "status": result.status, "reason": result.reason, "metrics": result.metrics,
             "selected_step": result.selected_step, "cpu_seconds": time.process_time() - started,
@@ -62,7 +62,7 @@ def run_one(job: dict) -> dict:
 
 
 def key(row: dict) -> tuple:
-    return (row["arch"], row["lookback"], row["horizon"], row["steps"], row["d_model"], row["layers"], row["seed"])
+    return (row["arch"], row["lookback"], row["horizon"], row["steps"], row["d_model"], row["layers"], row.get("lr"), row["seed"])
 
 
 def main() -> None:
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--steps", default="linear=1000,*=1500", help="optimiser steps per arch (name=steps, * for the rest)")
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the task's, 1e-3)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--results", default="runs/forecast.jsonl")
     parser.add_argument("--table-only", action="store_true", help="print the table of what --results holds")
@@ -84,7 +85,7 @@ def main() -> None:
     archs = args.archs.split(",")
     jobs = [
         dict(arch=arch, lookback=lookback, horizon=horizon, steps=int(steps.get(arch, steps["*"])), d_model=args.d_model,
-             layers=args.layers, seed=seed, task=f"csv:{args.data},lookback={lookback},horizon={horizon}")
+             layers=args.layers, lr=args.lr, seed=seed, task=f"csv:{args.data},lookback={lookback},horizon={horizon}")
         for lookback in map(int, args.lookbacks.split(",")) for horizon in map(int, args.horizons.split(","))
         for arch in archs for seed in range(args.seeds)
     ]  # fmt: skip
@@ -102,7 +103,7 @@ def main() -> None:
                     f.write(json.dumps(row) + "\n")
                 print(f"  {row['arch']} L={row['lookback']} H={row['horizon']} seed {row['seed']}: "
                       f"test mse {row['metrics'].get('test/mse', float('nan')):.4f} ({row['cpu_seconds']:.0f} CPU-s)", flush=True)  # fmt: skip
-    print_table([done[key(job)] for job in jobs if key(job) in done], archs)
+    print_table(list(done.values()) if args.table_only else [done[key(job)] for job in jobs if key(job) in done], archs)
 
 
 def mean_std(values: list[float]) -> str:
@@ -115,22 +116,22 @@ def mean_std(values: list[float]) -> str:
 def print_table(rows: list[dict], archs: list[str]) -> None:
     cells: dict[tuple, list[dict]] = {}
     for row in rows:
-        cells.setdefault((row["lookback"], row["horizon"], row["arch"]), []).append(row)
-    print("\n| lookback | horizon | model | test MSE | test MAE | seeds | steps | CPU-s per training | published MSE / MAE |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for lookback, horizon in sorted({(lb, h) for lb, h, _ in cells}, key=lambda c: (-c[0], c[1])):
+        cells.setdefault((row["lookback"], row["horizon"], row["arch"], row["d_model"], row.get("lr")), []).append(row)
+    print("\n| lookback | horizon | model | d_model, lr | test MSE | test MAE | seeds | steps | CPU-s per training | published MSE / MAE |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for lookback, horizon in sorted({(c[0], c[1]) for c in cells}, key=lambda c: (-c[0], c[1])):
         published = "; ".join(f"{name} {table[(lookback, horizon)][0]:.3f} / {table[(lookback, horizon)][1]:.3f}"
                               for name, table in PUBLISHED.items() if (lookback, horizon) in table)  # fmt: skip
-        for arch in archs:
-            group = [r for r in cells.get((lookback, horizon, arch), []) if r["status"] == "ok"]
-            failed = len(cells.get((lookback, horizon, arch), [])) - len(group)
-            if not group and not failed:
-                continue
+        mine = sorted((c for c in cells if c[:2] == (lookback, horizon)), key=lambda c: (archs.index(c[2]) if c[2] in archs else 99, c[3], c[4] or 0))
+        for cell in mine:
+            group = [r for r in cells[cell] if r["status"] == "ok"]
+            failed = len(cells[cell]) - len(group)
             mse = mean_std([r["metrics"]["test/mse"] for r in group])
             mae = mean_std([r["metrics"]["test/mae"] for r in group])
             cpu = statistics.fmean(r["cpu_seconds"] for r in group) if group else float("nan")
             note = f" ({failed} failed)" if failed else ""
-            print(f"| {lookback} | {horizon} | {arch} | {mse} | {mae} | {len(group)}{note} | {group[0]['steps'] if group else ''} | {cpu:.0f} | {published} |")
+            lr = "task's (1e-3)" if cell[4] is None else f"{cell[4]:g}"
+            print(f"| {lookback} | {horizon} | {cell[2]} | {cell[3]}, {lr} | {mse} | {mae} | {len(group)}{note} | {cells[cell][0]['steps']} | {cpu:.0f} | {published} |")
             published = ""
 
 
