@@ -82,3 +82,8 @@ def test_a_search_budget_counts_steps_never_seconds():
         RunConfig(trial_budget="8steps")
     assert RunConfig(trial_budget="8steps", scheduler="fifo").ladder == (8,)
     assert RunConfig(trial_budget="100steps", rungs=2, eta=4).ladder == (25, 100)
+
+
+def test_a_candidates_safety_limit_follows_its_budget_unless_given():
+    assert RunConfig(trial_budget="500steps").candidate_time_limit == 500 + 60
+    assert RunConfig(trial_budget="500steps", time_limit=12.5).candidate_time_limit == 12.5

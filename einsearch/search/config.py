@@ -22,7 +22,7 @@ class RunConfig:
     trials: int = 12  # total evaluations (trained, failed, rejected and reused alike)
     time_budget: float | None = None  # seconds of wall clock for the whole search
     trial_budget: str = "500steps"  # each candidate's full training budget, in optimiser steps (never seconds); mqar's transformer reaches ≥ 0.95 in 500
-    time_limit: float | None = None  # seconds before a candidate fails as "timeout" (default: the trainer's)
+    time_limit: float | None = None  # seconds before a candidate fails as "timeout" (default: `candidate_time_limit`)
     workers: int = 2
     executor: str = "ray"  # ray | inline
     address: str | None = None  # an existing Ray cluster; None: RAY_ADDRESS or a local Ray
@@ -93,6 +93,15 @@ class RunConfig:
     def eval_interval(self) -> int | None:
         """Steps between validation evaluations during a trial (its history), as asked."""
         return self.eval_every
+
+    @property
+    def candidate_time_limit(self) -> float:
+        """The safety limit of one training: as asked, else one second per step of the trial
+        budget plus a minute (the transformer seed takes ~0.15 s per step of mqar on one core, so
+        this stops only candidates several times slower, e.g. a Newton-solved RNN on a CPU)."""
+        if self.time_limit is not None:
+            return self.time_limit
+        return Budget.parse(self.trial_budget).steps + 60.0
 
     @property
     def ladder(self) -> tuple[int, ...]:

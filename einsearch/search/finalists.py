@@ -393,7 +393,7 @@ def run_finalists(config: RunConfig, folder: RunFolder, on_record: Callable[[Fin
     jobs = [
         Job(
             number=i, arch=entrant.arch, task=task.spec, d_model=config.d_model, layers=config.layers,
-            budget=config.trial_budget, time_limit=config.time_limit, seed=seed, eval_every=None, weights=None,
+            budget=config.trial_budget, time_limit=config.candidate_time_limit, seed=seed, eval_every=None, weights=None,
         ).to_dict()
         for i, (entrant, seed) in enumerate(todo)
     ]  # fmt: skip

@@ -177,7 +177,7 @@ class Search:
                 d_model=self.config.d_model,
                 layers=self.config.layers,
                 budget=self.config.trial_budget,
-                time_limit=self.config.time_limit,
+                time_limit=self.config.candidate_time_limit,
                 seed=self.config.seed,
                 eval_every=self.config.eval_interval,
                 weights=str(self.folder.weights_path(trial.number).absolute()),  # workers run elsewhere
