@@ -19,11 +19,11 @@ import json
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from resumable import run_pending  # noqa: E402  (benchmarks/ is on the path of a script run from it)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ETTh1.csv"
 
@@ -89,20 +89,9 @@ def main() -> None:
         for lookback in map(int, args.lookbacks.split(",")) for horizon in map(int, args.horizons.split(","))
         for arch in archs for seed in range(args.seeds)
     ]  # fmt: skip
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    done = {key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
-    todo = [] if args.table_only else [job for job in jobs if key(job) not in done]
-    if todo:
-        print(f"{len(todo)} trainings to run ({len(jobs) - len(todo)} already in {results}), {args.workers} at a time", flush=True)
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            for future in as_completed([pool.submit(run_one, job) for job in todo]):
-                row = future.result()
-                done[key(row)] = row
-                with open(results, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(f"  {row['arch']} L={row['lookback']} H={row['horizon']} seed {row['seed']}: "
-                      f"test mse {row['metrics'].get('test/mse', float('nan')):.4f} ({row['cpu_seconds']:.0f} CPU-s)", flush=True)  # fmt: skip
+    describe = lambda row: (f"{row['arch']} L={row['lookback']} H={row['horizon']} seed {row['seed']}: "  # noqa: E731
+                            f"test mse {row['metrics'].get('test/mse', float('nan')):.4f} ({row['cpu_seconds']:.0f} CPU-s)")
+    done = run_pending([] if args.table_only else jobs, key, run_one, args.results, args.workers, describe)
     print_table(list(done.values()) if args.table_only else [done[key(job)] for job in jobs if key(job) in done], archs)
 
 

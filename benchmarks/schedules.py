@@ -21,11 +21,11 @@ import argparse
 import json
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from resumable import run_pending  # noqa: E402  (benchmarks/ is on the path of a script run from it)
 
 TASK = "mqar:vocab=64,seq_len=32,pairs=4,train=20000,val=500,test=500"
 ARCHS = "transformer,gla,mamba,lstm,retnet,deltanet,linear_attention,mambaout"
@@ -69,20 +69,11 @@ def main() -> None:
     archs, seeds = args.archs.split(","), [int(s) for s in args.seeds.split(",")]
     jobs = [dict(arch=a, task=args.task, ladder=ladder, d_model=args.d_model, batch_size=args.batch_size, seed=s, schedule=k)
             for s in seeds for k in ("wsd", "cosine") for a in archs]  # fmt: skip
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
     key = lambda j: json.dumps([j[k] for k in ("arch", "task", "ladder", "d_model", "batch_size", "seed", "schedule")])  # noqa: E731
-    done = {key(r): r for r in map(json.loads, results.read_text().splitlines())} if results.exists() else {}
-    todo = [j for j in jobs if key(j) not in done]
-    print(f"{args.task}: ladder {ladder}, {len(archs)} architectures x {len(seeds)} seeds x 2 schedules, {len(todo)} runs to do", flush=True)
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(run_one, j) for j in todo]):
-            row = future.result()
-            done[key(row)] = row
-            with open(results, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"  {row['schedule']:6} {row['arch']} seed {row['seed']}: prefix {row['prefix']} cooled {row['cooled']} "
-                  f"final {row['final']} ({row['seconds']:.0f}s)", flush=True)  # fmt: skip
+    print(f"{args.task}: ladder {ladder}, {len(archs)} architectures x {len(seeds)} seeds x 2 schedules", flush=True)
+    describe = lambda row: (f"{row['schedule']:6} {row['arch']} seed {row['seed']}: prefix {row['prefix']} "  # noqa: E731
+                            f"cooled {row['cooled']} final {row['final']} ({row['seconds']:.0f}s)")
+    done = run_pending(jobs, key, run_one, args.results, args.workers, describe)
     report([done[key(j)] for j in jobs if key(j) in done], ladder, archs, seeds, args.eta)
 
 
