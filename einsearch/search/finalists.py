@@ -427,13 +427,13 @@ def searched_trainings(the_plan: Plan, trials: list[TrialRecord], config: RunCon
         return []
     full = Budget.parse(config.trial_budget).steps
     entrants = {e.id: e for e in the_plan.entrants}
-    found = []
+    done, found = set(done), []
     for trial in trials:
         entrant = entrants.get(trial.id)
         if (entrant is None or trial.status != "ok" or trial.reused_from is not None or trial.inherited
                 or trial.steps != full or (trial.id, config.seed, budget) in done):  # fmt: skip
             continue
-        done = {*done, (trial.id, config.seed, budget)}
+        done.add((trial.id, config.seed, budget))
         found.append(FinalRecord(
             arch=entrant.arch, id=entrant.id, role=entrant.role, name=entrant.name, trial=entrant.trial, seed=config.seed,
             budget=budget, status="ok", reason=None, metrics=trial.metrics, costs=trial.costs, steps=trial.steps,
