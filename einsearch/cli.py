@@ -246,7 +246,7 @@ def run_command(
     seed_arch: Annotated[list[str] | None, typer.Option("--seed-arch", help="Seed name or architecture text to start from (repeatable).")] = None,
     trials: Annotated[int | None, typer.Option(help="Total evaluations (with --resume: the new total).", min=1)] = None,
     time_budget: Annotated[str | None, typer.Option(help="Wall clock for the whole search, e.g. 90s, 30m, 2h.")] = None,
-    trial_budget: Annotated[str, typer.Option(help="Each candidate's full training budget in optimiser steps (e.g. 1500steps), never seconds.")] = "500steps",
+    trial_budget: Annotated[str, typer.Option(help="Each candidate's full training budget in optimiser steps (e.g. 1500steps), never seconds.")] = "600steps",
     time_limit: Annotated[float | None, typer.Option(help="Seconds before a candidate fails as timeout: a safety limit, not a budget (default: 1 s per step of the trial budget + 60 s).", min=0)] = None,
     workers: Annotated[int, typer.Option(help="Candidates trained at once.", min=1)] = 2,
     executor: Annotated[str, typer.Option(help="ray (local Ray or --address) | inline (in this process).")] = "ray",

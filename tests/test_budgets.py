@@ -74,7 +74,7 @@ def test_same_metrics_whatever_else_the_machine_runs():
 
 
 def test_a_search_budget_counts_steps_never_seconds():
-    assert RunConfig().trial_budget == "500steps" and RunConfig().ladder == (500 // 9, 500 // 9 * 3, 500)
+    assert RunConfig().trial_budget == "600steps" and RunConfig().ladder == (600 // 9, 600 // 9 * 3, 600)
     for budget in ("30s", "500steps,2m"):
         with pytest.raises(ValueError, match="machine runs"):
             RunConfig(trial_budget=budget)
