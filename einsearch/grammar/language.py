@@ -24,7 +24,7 @@ from functools import lru_cache
 from lark import Lark, Token
 
 from einsearch.arch import Arch, Value
-from einsearch.grammar.parser import _convert, grammar
+from einsearch.grammar.parser import MAX_DIGITS, _convert, clip, grammar
 from einsearch.grammar.printer import format_value
 
 MODULE = "module"  # the nonterminal every child position expands
@@ -44,10 +44,10 @@ class Param:
         """The value written as `text` (as in architecture text); ValueError if the grammar forbids it."""
         if self.terminal is None:
             if text not in self.words:
-                raise ValueError(f"{self.key}={text} is not in the grammar; allowed: {', '.join(self.words)}")
+                raise ValueError(f"{self.key}={clip(text, 30, quote=False)} is not in the grammar; allowed: {', '.join(self.words)}")
             return text
-        if not re.fullmatch(self.pattern, text):
-            raise ValueError(f"{self.key}={text} is not allowed by the grammar's {self.terminal} ({self.pattern})")
+        if not re.fullmatch(self.pattern, text) or len(text) > MAX_DIGITS + 2:  # + "0." of a probability
+            raise ValueError(f"{self.key}={clip(text, 30, quote=False)} is not allowed by the grammar's {self.terminal} ({self.pattern}, at most {MAX_DIGITS} digits)")
         return _convert(Token(self.terminal, text))
 
     def allows(self, value: Value) -> bool:

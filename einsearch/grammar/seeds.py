@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from importlib import resources
 
 from einsearch.arch import Arch
-from einsearch.grammar.parser import ArchSyntaxError, parse
+from einsearch.grammar.parser import ArchSyntaxError, clip, parse
 
 
 def read_seeds(text: str) -> dict[str, Arch]:
@@ -61,6 +62,7 @@ def resolve(text_or_name: str) -> Arch:
     if name in seeds:
         return seeds[name]
     if "(" not in name:
-        known = ", ".join(sorted(seeds))
-        raise ArchSyntaxError(f"{name!r} is neither architecture text nor a seed name; seeds: {known}")
+        close = difflib.get_close_matches(name, list(seeds), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "`einsearch seeds` lists the seeds"
+        raise ArchSyntaxError(f"{clip(name, 40)} is neither architecture text nor a seed name; {hint}")
     return parse(text_or_name)

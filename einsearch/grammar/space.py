@@ -40,6 +40,7 @@ import numpy as np
 
 from einsearch.arch import Arch, Value
 from einsearch.grammar.language import Form, Language, language
+from einsearch.grammar.parser import MAX_DEPTH, clip
 
 try:
     import tomllib
@@ -48,6 +49,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 ABSENT = "absent"  # the space-file word for an optional parameter left out
 TOLERANCE = 1e-6  # how far from 1 a table's probabilities may sum
+MAX_FILE_BYTES = 1_000_000  # a space file is a few kB; refuse anything this large unread
+MAX_NODES = 10_000  # the largest max_nodes a space may declare
+MAX_WIDTH = 65_536  # the largest d_model a space may declare
 
 
 class SpaceError(ValueError):
@@ -292,9 +296,34 @@ def load_space(space: "Space | str | Path") -> Space:
     path = Path(text)
     if not path.is_file():
         raise SpaceError(
-            f"unknown space {text!r}: built-in spaces are {', '.join(builtin_spaces())}, or give a path to a .toml file"
+            f"unknown space {clip(text)}: built-in spaces are {', '.join(builtin_spaces())}, or give a path to a .toml file"
         )
-    return read_space(path.read_text(), str(path), path.suffix)
+    return read_space(_read_text(path), str(path), path.suffix)
+
+
+def shown(path: str, limit: int = 100) -> str:
+    """A path as error messages show it: whole, or its last `limit` characters."""
+    return path if len(path) <= limit else "..." + path[-limit:]
+
+
+def _brief(value: Any, limit: int = 40) -> str:
+    """repr(value), cut to about `limit` characters for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _read_text(path: Path) -> str:
+    """A space file's text: UTF-8 and at most `MAX_FILE_BYTES`, else a `SpaceError`."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SpaceError(f"{shown(str(path))}: {path.stat().st_size:,} bytes is too large for a space file (at most {MAX_FILE_BYTES:,})")
+        data = path.read_bytes()
+    except OSError as e:
+        raise SpaceError(f"{shown(str(path))}: cannot read it ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpaceError(f"{shown(str(path))}: not a text file (byte {e.start} is not UTF-8)") from None
 
 
 def read_space(text: str, source: str, suffix: str = ".toml", lang: Language | None = None) -> Space:
@@ -302,10 +331,15 @@ def read_space(text: str, source: str, suffix: str = ".toml", lang: Language | N
 
     `lang` is the language to check it against (default: the one of arch.lark).
     """
+    kind = "JSON" if suffix == ".json" else "TOML"
     try:
         data = json.loads(text) if suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise SpaceError(f"{source}: not valid {'JSON' if suffix == '.json' else 'TOML'}: {e}") from None
+        raise SpaceError(f"{shown(source)}: not valid {kind}: {clip(str(e), 120)[1:-1]}") from None
+    except RecursionError:
+        raise SpaceError(f"{shown(source)}: {kind} nested too deeply") from None
+    if not isinstance(data, dict):
+        raise SpaceError(f"{shown(source)}: a space file holds tables ([space], [module], ...), got a JSON {type(data).__name__}")
     return _Reader(source, lang or language()).space(data)
 
 
@@ -316,12 +350,12 @@ class _Reader:
         self.source, self.lang = source, lang
 
     def error(self, entry: str, message: str) -> SpaceError:
-        return SpaceError(f"{self.source}: [{entry}] {message}")
+        return SpaceError(f"{shown(self.source)}: [{entry}] {message}")
 
     # ---------------------------------------------------------------- pieces
     def table(self, entry: str, value: Any) -> dict:
         if not isinstance(value, dict):
-            raise self.error(entry, f"must be a table of value = probability, got {value!r}")
+            raise self.error(entry, f"must be a table of value = probability, got {_brief(value)}")
         return value
 
     def probabilities(self, entry: str, table: dict, parse) -> Choice:
@@ -330,18 +364,18 @@ class _Reader:
         for key, p in table.items():
             if isinstance(p, dict):
                 raise self.error(
-                    entry, f"{key!r} maps to a table; write decimal values as quoted keys, e.g. \"0.1\" = 0.5"
+                    entry, f"{clip(key, 40)} maps to a table; write decimal values as quoted keys, e.g. \"0.1\" = 0.5"
                 )
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
-                raise self.error(entry, f"probability of {key!r} must be a number, got {p!r}")
+                raise self.error(entry, f"probability of {clip(key, 40)} must be a number, got {_brief(p)}")
             if p < 0:
-                raise self.error(entry, f"probability of {key!r} is negative ({p})")
+                raise self.error(entry, f"probability of {clip(key, 40)} is negative ({p})")
             try:
                 value = parse(str(key))
             except ValueError as e:
                 raise self.error(entry, str(e)) from None
             if any(v == value and type(v) is type(value) for v in values):
-                raise self.error(entry, f"{key!r} is given twice")
+                raise self.error(entry, f"{clip(key, 40)} is given twice")
             values.append(value)
             probs.append(float(p))
         total = math.fsum(probs)
@@ -349,9 +383,9 @@ class _Reader:
             raise self.error(entry, f"probabilities sum to {total:g}, not 1")
         return Choice(tuple(values), tuple(probs))
 
-    def integer(self, entry: str, key: str, value: Any, least: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise self.error(entry, f"{key} must be an integer >= {least}, got {value!r}")
+    def integer(self, entry: str, key: str, value: Any, least: int, most: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+            raise self.error(entry, f"{key} must be an integer from {least} to {most:,}, got {_brief(value)}")
         return value
 
     # ---------------------------------------------------------------- the file
@@ -359,20 +393,21 @@ class _Reader:
         known = {"space", "start", "module", *self.lang.ops}
         for key in data:
             if key not in known:
-                raise self.error(key, f"unknown rule {key!r}; the grammar's node ops are {', '.join(self.lang.ops)}")
+                entry = key if len(key) <= 40 else key[:40] + "..."
+                raise self.error(entry, f"unknown rule {clip(key, 40)}; the grammar's node ops are {', '.join(self.lang.ops)}")
         header = self.table("space", data.get("space", {}))
         for key in header:
             if key not in ("name", "description", "d_model", "max_depth", "max_nodes"):
-                raise self.error("space", f"unknown key {key!r}; expected name, description, d_model, max_depth, max_nodes")
+                raise self.error("space", f"unknown key {clip(key, 40)}; expected name, description, d_model, max_depth, max_nodes")
         for key in ("d_model", "max_depth", "max_nodes"):
             if key not in header:
                 raise self.error("space", f"missing {key}")
         widths = header["d_model"]
         if not isinstance(widths, list) or not widths:
-            raise self.error("space", f"d_model must be a non-empty list of widths, got {widths!r}")
-        d_model = tuple(self.integer("space", "d_model", w, 1) for w in widths)
-        max_depth = self.integer("space", "max_depth", header["max_depth"], 1)
-        max_nodes = self.integer("space", "max_nodes", header["max_nodes"], 1)
+            raise self.error("space", f"d_model must be a non-empty list of widths, got {_brief(widths)}")
+        d_model = tuple(self.integer("space", "d_model", w, 1, MAX_WIDTH) for w in widths)
+        max_depth = self.integer("space", "max_depth", header["max_depth"], 1, MAX_DEPTH)
+        max_nodes = self.integer("space", "max_nodes", header["max_nodes"], 1, MAX_NODES)
 
         if "module" not in data:
             raise self.error("module", "missing: give the probability of each node op")
@@ -403,7 +438,7 @@ class _Reader:
     def op_choice(self, entry: str, table: Any) -> Choice:
         def parse(key: str) -> str:
             if key not in self.lang.ops:
-                raise ValueError(f"unknown rule {key!r}; the grammar's node ops are {', '.join(self.lang.ops)}")
+                raise ValueError(f"unknown rule {clip(key, 40)}; the grammar's node ops are {', '.join(self.lang.ops)}")
             return key
 
         return self.probabilities(entry, self.table(entry, table), parse)
@@ -424,7 +459,7 @@ class _Reader:
                     raise self.error(op, f"{op} has no variants in the grammar")
                 if key == "children":
                     raise self.error(op, f"{op} takes a fixed number of children ({form.min_children})")
-                raise self.error(op, f"unknown entry {key!r}; {op} takes {', '.join(entries) or 'no entries'}")
+                raise self.error(op, f"unknown entry {clip(key, 40)}; {op} takes {', '.join(entries) or 'no entries'}")
 
         variant = None
         if "variant" in table:
@@ -453,7 +488,7 @@ class _Reader:
             sub = self.table(entry, table.get(f.name, {}))
             for key in sub:
                 if key not in f.keys:
-                    raise self.error(entry, f"unknown entry {key!r}; {op}({f.name}) takes {', '.join(f.keys)}")
+                    raise self.error(entry, f"unknown entry {clip(key, 40)}; {op}({f.name}) takes {', '.join(f.keys)}")
             params[f.name] = self.form_params(entry, f, sub, form_used)
         return OpRules(variant, children, params)
 
@@ -482,15 +517,18 @@ class _Reader:
     def word_parser(self, op: str, words: tuple[str, ...]):
         def parse(key: str) -> str:
             if key not in words:
-                raise ValueError(f"{op} has no variant {key!r}; the grammar has {', '.join(words)}")
+                raise ValueError(f"{op} has no variant {clip(key, 40)}; the grammar has {', '.join(words)}")
             return key
 
         return parse
 
     def count_parser(self, form: Form):
         def parse(key: str) -> int:
-            if not key.isdigit() or int(key) < form.min_children:
-                raise ValueError(f"child count {key!r}: {form.op} takes at least {form.min_children} children")
+            if not (key.isascii() and key.isdigit()) or len(key) > 6 or not form.min_children <= int(key) <= MAX_NODES:
+                raise ValueError(
+                    f"child count {clip(key, 20)}: {form.op} takes at least {form.min_children} children "
+                    f"(and at most {MAX_NODES:,}, the node limit of a space)"
+                )
             return int(key)
 
         return parse

@@ -129,7 +129,7 @@ BAD = {
         TINY + "[par]\nchildren = { 1 = 1.0 }\nagg = { add = 1.0 }\n", r"\[par.children\] .*par takes at least 2"
     ),
     "missing limit": (broken("max_nodes = 4\n", ""), r"\[space\] missing max_nodes"),
-    "bad limit": (broken("max_depth = 3", "max_depth = 0"), r"\[space\] max_depth must be an integer >= 1"),
+    "bad limit": (broken("max_depth = 3", "max_depth = 0"), r"\[space\] max_depth must be an integer from 1 to 64, got 0"),
     "used op without its table": (broken("[seq]\nchildren = { 2 = 1.0 }", ""), r"\[seq\] gives no probabilities"),
     "variant of an op without variants": (
         TINY + "[linear]\nvariant = { x = 1.0 }\n", r"\[linear\] linear has no variants"
