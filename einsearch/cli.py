@@ -248,9 +248,9 @@ def run_command(
     time_budget: Annotated[str | None, typer.Option(help="Wall clock for the whole search, e.g. 90s, 30m, 2h.")] = None,
     trial_budget: Annotated[str, typer.Option(help="Each candidate's full training budget in optimiser steps (e.g. 1500steps), never seconds.")] = "600steps",
     time_limit: Annotated[float | None, typer.Option(help="Seconds before a candidate fails as timeout: a safety limit, not a budget (default: 1 s per step of the trial budget + 60 s).", min=0)] = None,
-    workers: Annotated[int, typer.Option(help="Candidates trained at once.", min=1)] = 2,
-    executor: Annotated[str, typer.Option(help="ray (local Ray or --address) | inline (in this process).")] = "ray",
-    address: Annotated[str | None, typer.Option(help="Join this Ray cluster (default: RAY_ADDRESS, else a local Ray).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Candidates trained at once (default: 2; with --resume: the run's).", min=1)] = None,
+    executor: Annotated[str | None, typer.Option(help="ray (local Ray or --address) | inline (in this process) (default: ray; with --resume: the run's).")] = None,
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster (default: RAY_ADDRESS, else a local Ray; --resume never takes it from the run folder).")] = None,
     scheduler: Annotated[str, typer.Option(help="asha (successive halving: weak candidates stop at a rung) | fifo (all train the full budget).")] = "asha",
     rungs: Annotated[int, typer.Option(help="asha: rungs of the ladder, at full/eta^(rungs-1), ..., full/eta, full steps.", min=1)] = 3,
     eta: Annotated[int, typer.Option(help="asha: reduction factor: about 1/eta of a rung's candidates go on.", min=2)] = 3,
@@ -265,12 +265,13 @@ def run_command(
     layers: Annotated[int, typer.Option(help="Copies of the block.", min=1)] = 2,
     output: Annotated[str | None, typer.Option(help="Run folder (default: a new dated folder under runs/).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the search and of every candidate's training.")] = 0,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: a journal file in the run folder).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: a journal file in the run folder; --resume takes it only from here).")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue the run in this folder.")] = None,
 ) -> None:
     """Search the space for the best block on a task; Ctrl-C stops cleanly, --resume continues."""
     from einsearch.grammar import SpaceError
     from einsearch.search import (
+        Execution,
         RunConfig,
         RunFolder,
         new_run_folder,
@@ -282,13 +283,15 @@ def run_command(
 
     try:
         if resume is not None:
-            outcome = resume_run(RunFolder(resume), trials=trials)
+            execution = Execution(executor=executor, workers=workers, address=address, storage=storage)
+            outcome = resume_run(RunFolder(resume), trials=trials, execution=execution)
         else:
             config = RunConfig(
                 task=task, space=space, strategy=strategy, seed_archs=tuple(seed_arch or ()),
                 trials=trials or RunConfig.trials,
                 time_budget=parse_duration(time_budget) if time_budget else None,
-                trial_budget=trial_budget, time_limit=time_limit, workers=workers, executor=executor, address=address,
+                trial_budget=trial_budget, time_limit=time_limit, workers=workers or RunConfig.workers,
+                executor=executor or RunConfig.executor, address=address,
                 scheduler=scheduler, rungs=rungs, eta=eta, objectives=tuple(o.strip() for o in objectives.split(",")),
                 max_params=max_params, max_flops=max_flops, max_state=max_state, d_model=d_model, layers=layers,
                 seed=seed, storage=storage, finalists=finalists, final_seeds=final_seeds, inherit=inherit,

@@ -42,6 +42,7 @@ class RunConfig:
     inherit: bool = False  # evolution children start from their parent's weights where the trees agree
     finalists: int = 3  # the search ends by retraining its top-k architectures and the comparison seeds (0: not)
     final_seeds: int = 3  # ... each with this many training seeds, at the full trial budget
+    study: str | None = None  # the Optuna study's name, fixed when the run starts: the run's identity, not its folder's path
 
     def __post_init__(self) -> None:
         problems = []
@@ -128,6 +129,21 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where a run executes and where its study is stored, as given on the command line.
+
+    A resumed run takes these from here, never from its config.json (a folder from elsewhere
+    could name any host to join or any database to create): `executor` and `workers` fall back to
+    the run's own (they reach nothing outside), `address` to a local Ray (or RAY_ADDRESS), and
+    `storage` must repeat the run's own storage URL, if it has one."""
+
+    executor: str | None = None
+    workers: int | None = None
+    address: str | None = None
+    storage: str | None = None
 
 
 def parse_duration(text: str) -> float:

@@ -36,7 +36,7 @@ from einsearch.costs import costs as measure
 from einsearch.grammar import SpaceError, load_space, suggest
 from einsearch.grammar.seeds import resolve
 from einsearch.search.config import RunConfig
-from einsearch.search.record import RunFolder, TrialRecord, leaderboard
+from einsearch.search.record import DamagedRecord, RunFolder, RunFolderError, TrialRecord, leaderboard, shorten
 from einsearch.search.strategies import make_strategy
 from einsearch.tasks import Budget, Task, get_task
 from einsearch.tasks.mad import MAD
@@ -114,10 +114,12 @@ class Search:
         self.rung_study: optuna.Study | None = None  # successive halving's bookkeeping (inline)
 
     def attach(self) -> None:
-        """Open the run folder's study and replay its finished trials (a resumed run continues)."""
+        """Open the run folder's study and replay its finished trials (a resumed run continues);
+        trials.jsonl is first reconciled with the study (`_reconcile`)."""
         directions = ["maximize" if self.maximize else "minimize"] + ["minimize"] * (len(self.config.objectives) - 1)
-        self.study = self.folder.study(self.config.storage, directions, self.strategy.sampler(self.config.seed))
-        self.records = self.folder.trials()
+        name = self.config.study or self.folder.path.name
+        self.study = self.folder.study(self.config.storage, directions, self.strategy.sampler(self.config.seed), name=name)
+        self.records = self._reconcile(self.folder.trials())
         self.strategy.replay(self.records)
         self.by_id = {r.id: r for r in self.records if r.reused_from is None and r.status in ("ok", "failed", "stopped")}
         self.elapsed_before = max((r.finished_at for r in self.records), default=0.0)
@@ -128,8 +130,43 @@ class Search:
             )
             direction = ["maximize" if self.maximize else "minimize"]
             sampler = optuna.samplers.RandomSampler(seed=self.config.seed)  # samples nothing: trials carry no parameters
-            self.rung_study = self.folder.study(self.config.storage, direction, sampler, suffix=".rungs", pruner=pruner)
+            self.rung_study = self.folder.study(self.config.storage, direction, sampler, suffix=".rungs", pruner=pruner, name=name)
         self._fail_stale_trials()
+
+    def _reconcile(self, records: list[TrialRecord]) -> list[TrialRecord]:
+        """The study is the source of truth for which trials finished.  A record of a trial the
+        study does not hold means the study is not this run's: refused.  A trial finished in the
+        study without a valid record (a crash between the two writes, a damaged line) is recorded
+        again from the copy the study keeps, or else reported as missing (and not counted)."""
+        frozen = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        strangers = sorted(r.number for r in records if r.number not in frozen)
+        if strangers:
+            raise RunFolderError(
+                f"run folder {shorten(str(self.folder.path))}: study {shorten(self.study.study_name, 40)!r} does not hold trial(s) "
+                f"{', '.join(map(str, strangers[:5]))}{' ...' if len(strangers) > 5 else ''} of trials.jsonl: it is not this run's study"
+            )
+        recorded = {r.number for r in records}
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+        restored = []
+        for number, t in sorted(frozen.items()):
+            if number in recorded or t.state not in finished:
+                continue
+            copy = t.user_attrs.get("record")
+            if copy is None:  # never recorded (interrupted, closed as stale), or a study from before copies
+                if "record" not in t.user_attrs and "status" in t.user_attrs:
+                    self.folder.report(f"trial {number} finished in the study but has no record in trials.jsonl (and the study no copy); not counted")
+                continue
+            try:
+                record = TrialRecord.from_json(copy)
+            except DamagedRecord as e:
+                self.folder.report(f"trial {number} finished in the study but has no valid record, here or there ({e}); not counted")
+                continue
+            self.folder.append(record)
+            restored.append(record)
+            self.folder.report(f"trial {number} finished in the study but had no valid record in trials.jsonl; recorded again from the study")
+        if not restored:
+            return records
+        return sorted(records + restored, key=lambda r: r.finished_at)  # finishing order (stable)
 
     # ------------------------------------------------------------------ state
     @property
@@ -331,7 +368,8 @@ class Search:
         )
         for key, value in (("arch", record.arch), ("id", record.id), ("status", status), ("reason", reason),
                            ("detail", detail), ("metrics", json.dumps(metrics)), ("costs", json.dumps(costs)),
-                           ("origin", origin), ("reused_from", record.reused_from)):  # fmt: skip
+                           ("origin", origin), ("reused_from", record.reused_from),
+                           ("record", record.to_json())):  # fmt: skip  (record: the study's copy, for `_reconcile`)
             trial.set_user_attr(key, value)
         if status == "ok" and record.objectives is not None:
             self.study.tell(trial, list(record.objectives))
@@ -386,6 +424,8 @@ class Search:
         never half-counted)."""
         for study in (self.study, self.rung_study):
             for frozen in () if study is None else study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if frozen.user_attrs.get("record") is not None:  # stopped before the tell: its record never was
+                    optuna.Trial(study, frozen._trial_id).set_user_attr("record", None)
                 study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
 
     def interrupt(self) -> None:

@@ -5,16 +5,19 @@ A search that completes (not one stopped by Ctrl-C) ends with its finalists stag
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from einsearch.search.config import RunConfig
+from einsearch.search.config import Execution, RunConfig
 from einsearch.search.execute import run_inline, run_ray
 from einsearch.search.finalists import FinalRecord, Summary, run_finalists
-from einsearch.search.record import RunFolder
+from einsearch.search.record import RunFolder, RunFolderError, shorten
 from einsearch.search.run import Search
 from einsearch.tasks import get_task
 
@@ -116,31 +119,71 @@ def final_stage(config: RunConfig, folder: RunFolder, live: bool = True) -> Summ
 def final(folder: RunFolder, k: int | None = None, n: int | None = None, live: bool = True) -> Summary | None:
     """(Re)run the finalists stage of an existing run, optionally with another number of
     finalists `k` or of training seeds `n` (kept in its config); trainings already recorded are
-    not repeated."""
-    config = RunConfig.from_dict(folder.read_config())
+    not repeated.  A Ray cluster is joined only through RAY_ADDRESS, never an address in config.json."""
+    config = RunConfig.from_dict(folder.read_config()).replace(address=None)
+    folder.check_writable(journal=False)
     changes = {key: v for key, v in (("finalists", k), ("final_seeds", n)) if v is not None}
     if changes:
         config = config.replace(**changes)
-        folder.create(config.to_dict())
+        folder.write_config(config.to_dict())
     return final_stage(config, folder, live=live)
 
 
 def start(config: RunConfig, folder: RunFolder, live: bool = True) -> Outcome:
-    """A new search in a new run folder."""
+    """A new search in a new run folder; its study is named after the folder, once and for all."""
     if folder.exists():
         raise FileExistsError(f"{folder.path} already holds a run; use --resume {folder.path} to continue it")
+    config = config.replace(study=config.study or folder.path.name)
     search = Search(config, folder)  # validates the task and space before anything is written
+    folder.check_writable()
     folder.create(config.to_dict())
     search.attach()
     return execute(search, live=live)
 
 
-def resume(folder: RunFolder, trials: int | None = None, live: bool = True) -> Outcome:
-    """Continue a run where it stopped, optionally to a larger trial count."""
-    config = RunConfig.from_dict(folder.read_config())
-    if trials is not None:
-        config = config.replace(trials=trials)
-        folder.create(config.to_dict())
+def resume(
+    folder: RunFolder, trials: int | None = None, live: bool = True, execution: Execution = Execution(),
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> Outcome:
+    """Continue a run where it stopped, optionally to a larger trial count, wherever its folder
+    is now.  Where it executes comes from `execution` (the command line), never from the folder
+    (see `Execution`); `say` gets one line saying what it will use."""
+    config = resumed_config(folder, trials, execution)
     search = Search(config, folder)
+    folder.write_config(config.to_dict())
+    say(execution_line(config, folder))
     search.attach()
     return execute(search, live=live)
+
+
+def resumed_config(folder: RunFolder, trials: int | None, execution: Execution) -> RunConfig:
+    """The run's config with `trials`, the command line's execution settings and the name of
+    its study (named by the study itself in a folder from before names were kept), after checking
+    that the folder can be written."""
+    config = RunConfig.from_dict(folder.read_config())
+    if config.storage is not None and execution.storage is None:
+        raise RunFolderError(
+            f"run folder {shorten(str(folder.path))} keeps its study in storage {shorten(config.storage, 60)!r}; resume takes "
+            "storage only from the command line: pass --storage with that URL if you trust it"
+        )
+    if config.storage is None and execution.storage is not None:
+        raise RunFolderError(f"run folder {shorten(str(folder.path))} keeps its study in its journal file; --storage would start another study elsewhere")
+    config = config.replace(
+        trials=trials or config.trials,
+        executor=execution.executor or config.executor,
+        workers=execution.workers or config.workers,
+        address=execution.address,
+        storage=execution.storage,
+    )
+    folder.check_writable(journal=config.storage is None)
+    return config.replace(study=config.study or folder.study_name(config.storage))
+
+
+def execution_line(config: RunConfig, folder: RunFolder) -> str:
+    """One line: what a resumed run will use (study, storage, executor, workers, cluster)."""
+    where = shorten(config.storage, 120) if config.storage else str(folder.journal_path)
+    line = f"resuming {folder.path}: study {config.study!r} in {where}; {config.executor} executor, {config.workers} workers"
+    if config.executor == "ray":
+        address = config.address or os.environ.get("RAY_ADDRESS")
+        line += f", Ray cluster at {shorten(address, 60)}" if address else ", a local Ray"
+    return line
