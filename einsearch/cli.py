@@ -35,9 +35,13 @@ def _commands() -> None:
     """Search for sequence-mixer architectures."""
 
 
+MAX_ERROR = 240  # characters of an error line: the messages clip echoed input; this is the backstop
+
+
 def fail(message: str) -> NoReturn:
     """One clear line on stderr and exit status 2: the CLI's answer to bad input."""
-    typer.echo(f"error: {message}", err=True)
+    line = " ".join(message.splitlines())
+    typer.echo(f"error: {line if len(line) <= MAX_ERROR else line[: MAX_ERROR - 3] + '...'}", err=True)
     raise typer.Exit(2)
 
 

@@ -24,7 +24,8 @@ from functools import lru_cache
 from lark import Lark, Token
 
 from einsearch.arch import Arch, Value
-from einsearch.grammar.parser import MAX_DIGITS, _convert, clip, grammar
+from einsearch.grammar.parser import MAX_DIGITS, _convert, grammar
+from einsearch.messages import clip
 from einsearch.grammar.printer import format_value
 
 MODULE = "module"  # the nonterminal every child position expands

@@ -27,11 +27,11 @@ from lark.exceptions import (
 )
 
 from einsearch.arch import Arch, Value
+from einsearch.messages import clip
 
 MAX_TEXT = 20_000  # characters of architecture text (the zoo's longest seed has a few hundred)
 MAX_DEPTH = 64  # nesting depth in parentheses (the built-in spaces stop at depth 6)
 MAX_DIGITS = 12  # digits of a number in architecture text
-CLIP = 60  # characters of user input echoed in an error message
 
 _TERMINAL_WORDS = {
     "POSINT": "a positive integer",
@@ -48,13 +48,6 @@ class ArchSyntaxError(ValueError):
         self.line, self.column, self.text = line, column, text
         where = f"line {line}, column {column}: " if line is not None else ""
         super().__init__(where + message)
-
-
-def clip(text: str, limit: int = CLIP, quote: bool = True) -> str:
-    """`text` for an error message (quoted by repr unless `quote` is False), cut to about `limit`
-    characters: a 1 MB input must not make a 1 MB error line."""
-    show = repr if quote else str
-    return show(text) if len(text) <= limit else show(text[:limit]) + f"... ({len(text):,} characters)"
 
 
 def _position(text: str, pos: int) -> tuple[int, int]:

@@ -8,7 +8,8 @@ from functools import lru_cache
 from importlib import resources
 
 from einsearch.arch import Arch
-from einsearch.grammar.parser import ArchSyntaxError, clip, parse
+from einsearch.grammar.parser import ArchSyntaxError, parse
+from einsearch.messages import clip
 
 
 def read_seeds(text: str) -> dict[str, Arch]:

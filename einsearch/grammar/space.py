@@ -40,7 +40,8 @@ import numpy as np
 
 from einsearch.arch import Arch, Value
 from einsearch.grammar.language import Form, Language, language
-from einsearch.grammar.parser import MAX_DEPTH, clip
+from einsearch.grammar.parser import MAX_DEPTH
+from einsearch.messages import clip, shown
 
 try:
     import tomllib
@@ -299,11 +300,6 @@ def load_space(space: "Space | str | Path") -> Space:
             f"unknown space {clip(text)}: built-in spaces are {', '.join(builtin_spaces())}, or give a path to a .toml file"
         )
     return read_space(_read_text(path), str(path), path.suffix)
-
-
-def shown(path: str, limit: int = 100) -> str:
-    """A path as error messages show it: whole, or its last `limit` characters."""
-    return path if len(path) <= limit else "..." + path[-limit:]
 
 
 def _brief(value: Any, limit: int = 40) -> str:

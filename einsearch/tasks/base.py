@@ -14,12 +14,15 @@ supplies
   (``selection``: the last, or those of the best validation evaluation).
 
 All task-side problems (bad options, unreadable or malformed files) raise `TaskError`, whose
-message is one line meant for the user.
+message is one line meant for the user.  Every option declares its range with `option` (and
+`check_option` enforces it where task text is parsed); the data a task would generate or read is
+bounded by `MAX_DATA_BYTES`, so no option can make a task take the machine's memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -148,9 +151,60 @@ class Splits:
 # tasks
 
 
-def option(default: Any, help: str) -> Any:
-    """A task option: a dataclass field with a default and a one-line description."""
-    return field(default=default, metadata={"help": help})
+MAX_DATA_BYTES = 4 * 2**30  # the most memory a task's data may need (generated, or read from a file)
+SEEDS = {"at_least": 0, "at_most": 2**63 - 1}  # the range of every seed option
+EXAMPLES = {"at_least": 1, "at_most": 10**9}  # the range of every example-count option
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A task option: a dataclass field with a default, a one-line description and its allowed
+    values (numbers: `at_least`/`above` and `at_most`; words: `choices`)."""
+    limits = {"at_least": at_least, "above": above, "at_most": at_most, "choices": choices}
+    return field(default=default, metadata={"help": help} | {k: v for k, v in limits.items() if v is not None})
+
+
+def allowed(metadata: Any) -> str:
+    """The values an option allows, in words (e.g. ">= 0 and <= 9223372036854775807")."""
+    if "choices" in metadata:
+        return "one of " + ", ".join(metadata["choices"])
+    parts = [f"{word} {metadata[key]:,}" for key, word in (("at_least", ">="), ("above", ">"), ("at_most", "<=")) if key in metadata]
+    return " and ".join(parts)
+
+
+def check_option(task: str, f: dataclasses.Field, value: Any) -> None:
+    """Raise `TaskError` unless `value` is in the range `option` declared for the field `f`."""
+    meta = f.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TaskError(f"{task}: option {f.name} must be a finite number, got {value}")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return
+    inside = (
+        value in meta["choices"]
+        if "choices" in meta
+        else isinstance(value, str)
+        or (
+            ("at_least" not in meta or value >= meta["at_least"])
+            and ("above" not in meta or value > meta["above"])
+            and ("at_most" not in meta or value <= meta["at_most"])
+        )
+    )
+    if not inside:
+        shown = repr(value) if isinstance(value, str) else str(value)
+        raise TaskError(f"{task}: option {f.name} must be {allowed(meta)}, got {shown[:40]}")
+
+
+def check_data_size(task: str, need: float, what: str) -> None:
+    """Raise `TaskError` if data of `need` bytes (an estimate) exceeds `MAX_DATA_BYTES`."""
+    if need > MAX_DATA_BYTES:
+        raise TaskError(f"{task}: {what} would need about {need / 2**30:,.1f} GiB of memory; at most {MAX_DATA_BYTES / 2**30:g} GiB")
 
 
 class Task(ABC):

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from einsearch.arch import Arch
-from einsearch.tasks.base import Budget, Splits, Task, TaskError, model_device, option
+from einsearch.tasks.base import SEEDS, Budget, Splits, Task, TaskError, check_data_size, model_device, option
 from einsearch.tasks.cache import cached_arrays
 from einsearch.tasks.shell import NextStepModel, build_blocks
 
@@ -211,8 +211,11 @@ class DynamicsTask(Task):
     score_time: float
     seed: int
     every: float
+    dt: float
+    spinup: float
 
     def check(self) -> None:
+        """Ranges of the options that relate to each other, and the ceilings on memory and work."""
         if min(self.trajectories, self.val, self.test) < 1:
             raise TaskError(f"{self.name}: trajectories, val and test must be at least 1")
         if not self.score_time > 0:
@@ -221,6 +224,13 @@ class DynamicsTask(Task):
             raise TaskError(
                 f"{self.name}: need context >= 1, horizon >= 1 and length >= context + horizon, "
                 f"got context={self.context}, horizon={self.horizon}, length={self.length}"
+            )
+        count = self.trajectories + self.val + self.test
+        check_data_size(self.name, 16 * count * self.length * self.channels, f"{count:,} trajectories of {self.length:,} samples")
+        steps = (self.spinup + self.length * self.every) / self.dt
+        if steps > MAX_STEPS:
+            raise TaskError(
+                f"{self.name}: (spinup + length × every) / dt = {steps:,.0f} solver steps per trajectory; at most {MAX_STEPS:,}"
             )
 
     def simulate(self, rng: np.random.Generator, count: int) -> np.ndarray:
@@ -278,6 +288,8 @@ def steps_per_sample(every: float, dt: float, name: str) -> int:
     return round(ratio)
 
 
+_COUNT = {"at_least": 1, "at_most": 10**5}  # trajectories per split
+MAX_STEPS = 10**6  # solver steps per trajectory (transient and samples): the defaults take about 10^4
 _TRAJ = "training trajectories"
 _VAL = "validation trajectories"
 _TEST = "test trajectories"
@@ -294,19 +306,19 @@ class Lorenz96(DynamicsTask):
     lyapunov: ClassVar[float] = 1.68  # Vlachas et al. 2020
     channels: ClassVar[int] = 40
 
-    trajectories: int = option(8, _TRAJ)
-    val: int = option(2, _VAL)
-    test: int = option(4, _TEST)
-    length: int = option(2_000, _LENGTH)
-    context: int = option(32, _CONTEXT)
-    horizon: int = option(60, "rollout length in samples (60 × 0.05 = 5 Lyapunov times)")
-    threshold: float = option(0.5, _THRESHOLD)
-    score_time: float = option(1.0, _SCORE)
-    forcing: float = option(8.0, "forcing F")
-    dt: float = option(0.01, "RK4 step")
-    every: float = option(0.05, "sampling interval (a multiple of dt)")
-    spinup: float = option(20.0, "transient discarded, in time units")
-    seed: int = option(0, "seed of the initial conditions")
+    trajectories: int = option(8, _TRAJ, **_COUNT)
+    val: int = option(2, _VAL, **_COUNT)
+    test: int = option(4, _TEST, **_COUNT)
+    length: int = option(2_000, _LENGTH, at_least=2, at_most=10**7)
+    context: int = option(32, _CONTEXT, at_least=1, at_most=2**16)
+    horizon: int = option(60, "rollout length in samples (60 × 0.05 = 5 Lyapunov times)", at_least=1, at_most=2**16)
+    threshold: float = option(0.5, _THRESHOLD, above=0, at_most=1e6)
+    score_time: float = option(1.0, _SCORE, above=0, at_most=1e6)
+    forcing: float = option(8.0, "forcing F", at_least=-1e3, at_most=1e3)
+    dt: float = option(0.01, "RK4 step", above=0, at_most=1.0)
+    every: float = option(0.05, "sampling interval (a multiple of dt)", above=0, at_most=1e3)
+    spinup: float = option(20.0, "transient discarded, in time units", at_least=0, at_most=1e6)
+    seed: int = option(0, "seed of the initial conditions", **SEEDS)
 
     def __post_init__(self) -> None:
         self.check()
@@ -330,19 +342,19 @@ class KuramotoSivashinsky(DynamicsTask):
     lyapunov: ClassVar[float] = 0.043  # Vlachas et al. 2020; Edson et al. 2019
     channels: ClassVar[int] = 64
 
-    trajectories: int = option(8, _TRAJ)
-    val: int = option(2, _VAL)
-    test: int = option(4, _TEST)
-    length: int = option(2_000, _LENGTH)
-    context: int = option(64, _CONTEXT)
-    horizon: int = option(200, "rollout length in samples (200 × 0.25 = 2.2 Lyapunov times)")
-    threshold: float = option(0.5, _THRESHOLD)
-    score_time: float = option(1.0, _SCORE)
-    size: float = option(22.0, "domain length L")
-    dt: float = option(0.25, "ETDRK4 step")
-    every: float = option(0.25, "sampling interval (a multiple of dt)")
-    spinup: float = option(250.0, "transient discarded, in time units")
-    seed: int = option(0, "seed of the initial conditions")
+    trajectories: int = option(8, _TRAJ, **_COUNT)
+    val: int = option(2, _VAL, **_COUNT)
+    test: int = option(4, _TEST, **_COUNT)
+    length: int = option(2_000, _LENGTH, at_least=2, at_most=10**7)
+    context: int = option(64, _CONTEXT, at_least=1, at_most=2**16)
+    horizon: int = option(200, "rollout length in samples (200 × 0.25 = 2.2 Lyapunov times)", at_least=1, at_most=2**16)
+    threshold: float = option(0.5, _THRESHOLD, above=0, at_most=1e6)
+    score_time: float = option(1.0, _SCORE, above=0, at_most=1e6)
+    size: float = option(22.0, "domain length L", above=0, at_most=1e4)
+    dt: float = option(0.25, "ETDRK4 step", above=0, at_most=10.0)
+    every: float = option(0.25, "sampling interval (a multiple of dt)", above=0, at_most=1e3)
+    spinup: float = option(250.0, "transient discarded, in time units", at_least=0, at_most=1e6)
+    seed: int = option(0, "seed of the initial conditions", **SEEDS)
 
     def __post_init__(self) -> None:
         self.check()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from einsearch.arch import Arch
-from einsearch.tasks.base import Examples, Task, TaskError, model_device
+from einsearch.tasks.base import Examples, Task, TaskError, check_data_size, model_device
 from einsearch.tasks.cache import compact
 from einsearch.tasks.shell import LanguageModel, build_blocks
 
@@ -65,10 +65,15 @@ class TokenTask(Task):
     def vocab_size(self) -> int:
         raise NotImplementedError
 
-    def check_splits(self) -> None:
-        """Every split needs at least one example (the fields `train`, `val`, `test`)."""
+    def check_splits(self, test_tokens: int | None = None) -> None:
+        """Every split needs at least one example (the fields `train`, `val`, `test`), and all of
+        them together must fit in memory while they are generated (inputs, targets and the
+        generators' temporaries: about 32 bytes a token).  `test_tokens`: the test examples'
+        length when it differs from `tokens`."""
         if min(self.train, self.val, self.test) < 1:
             raise TaskError(f"{self.name}: train, val and test need at least one example each")
+        tokens = (self.train + self.val) * self.tokens + self.test * (test_tokens or self.tokens)
+        check_data_size(self.name, 32 * tokens, f"train + val + test = {self.train + self.val + self.test:,} examples")
 
     def model(self, arch: Arch, d_model: int, layers: int) -> nn.Module:
         return LanguageModel(build_blocks(arch, d_model, layers), d_model, self.vocab_size)

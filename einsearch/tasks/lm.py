@@ -29,11 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from einsearch.arch import Arch
-from einsearch.tasks.base import Budget, Splits, Task, TaskError, model_device, option
+from einsearch.messages import clip
+from einsearch.tasks.base import MAX_DATA_BYTES, Budget, Splits, Task, TaskError, model_device, option
 from einsearch.tasks.shell import LanguageModel, build_blocks
 
 SKIPPED_FOLDERS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 TRAIN_FRACTION, VAL_FRACTION = 0.90, 0.05
+MAX_CORPUS_BYTES = MAX_DATA_BYTES // 4  # the corpus is held about three times over (bytes, tensor, copies)
 
 
 def stdlib_files() -> list[Path]:
@@ -65,15 +67,26 @@ class Corpus:
 @lru_cache(maxsize=2)
 def read_corpus(path: str) -> Corpus:
     """The corpus named by `path` ("" for the standard library's source)."""
+    try:
+        return _read_corpus(path)
+    except OSError as e:
+        where = clip(e.filename, 60, quote=False) if isinstance(e.filename, str) else clip(path, 60, quote=False)
+        raise TaskError(f"lm: cannot read {where}: {e.strerror or e}") from None
+
+
+def _read_corpus(path: str) -> Corpus:
     if path:
         root = Path(path).expanduser()
-        if not root.exists():
-            raise TaskError(f"lm: no such file or folder: {path}")
+        if "\0" in path or not root.exists():
+            raise TaskError(f"lm: no such file or folder: {clip(path, 60, quote=False)}")
         files = [root] if root.is_file() else folder_files(root)
         base = root.parent if root.is_file() else root
     else:
         base = Path(sysconfig.get_paths()["stdlib"])
         files = stdlib_files()
+    size = sum(file.stat().st_size for file in files)
+    if size > MAX_CORPUS_BYTES:
+        raise TaskError(f"lm: the corpus has {size:,} bytes; at most {MAX_CORPUS_BYTES:,} fit in memory")
     digest = hashlib.sha256()
     parts = []
     for file in files:
@@ -119,8 +132,8 @@ class LM(Task):
     positional: ClassVar[str | None] = "path"
 
     path: str = option("", "text file or folder (empty: the Python standard library's source)")
-    seq_len: int = option(256, "bytes per training window")
-    eval_bytes: int = option(65_536, "bytes scored per evaluation of a split")
+    seq_len: int = option(256, "bytes per training window", at_least=1, at_most=2**20)
+    eval_bytes: int = option(65_536, "bytes scored per evaluation of a split", at_least=1, at_most=2**32)
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.eval_bytes < 1:

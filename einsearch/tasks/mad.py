@@ -36,7 +36,7 @@ import numpy as np
 from torch import nn
 
 from einsearch.arch import Arch
-from einsearch.tasks.base import Budget, Splits, Task, TaskError, option
+from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Splits, Task, TaskError, option
 from einsearch.tasks.cache import cached_arrays
 from einsearch.tasks.language import IGNORE, TokenTask, as_examples, split_seeds
 from einsearch.tasks.shell import CompressionModel, build_blocks
@@ -242,12 +242,12 @@ class Recall(MadTask):
     name: ClassVar[str] = "recall"
     summary: ClassVar[str] = "MAD in-context recall (multi-query), Poli et al. 2024"
 
-    vocab: int = option(16, "vocabulary size (keys: first half, values: second half)")
-    seq_len: int = option(128, "sequence length (even)")
-    train: int = option(12_800, _TRAIN)
-    val: int = option(1_280, _VAL)
-    test: int = option(1_280, _TEST)
-    seed: int = option(0, _SEED)
+    vocab: int = option(16, "vocabulary size (keys: first half, values: second half)", at_least=2, at_most=2**20)
+    seq_len: int = option(128, "sequence length (even)", at_least=2, at_most=2**16)
+    train: int = option(12_800, _TRAIN, **EXAMPLES)
+    val: int = option(1_280, _VAL, **EXAMPLES)
+    test: int = option(1_280, _TEST, **EXAMPLES)
+    seed: int = option(0, _SEED, **SEEDS)
 
     def __post_init__(self) -> None:
         self.check_splits()
@@ -263,14 +263,14 @@ class NoisyRecall(MadTask):
     name: ClassVar[str] = "noisy_recall"
     summary: ClassVar[str] = "MAD noisy in-context recall: key-value pairs among noise tokens"
 
-    vocab: int = option(32, "vocabulary size, including the noise tokens")
-    noise_vocab: int = option(16, "noise tokens (the last ones of the vocabulary)")
-    frac_noise: float = option(0.2, "probability that a pair is replaced by two noise tokens")
-    seq_len: int = option(128, "sequence length (even)")
-    train: int = option(12_800, _TRAIN)
-    val: int = option(1_280, _VAL)
-    test: int = option(1_280, _TEST)
-    seed: int = option(0, _SEED)
+    vocab: int = option(32, "vocabulary size, including the noise tokens", at_least=2, at_most=2**20)
+    noise_vocab: int = option(16, "noise tokens (the last ones of the vocabulary)", at_least=1, at_most=2**20)
+    frac_noise: float = option(0.2, "probability that a pair is replaced by two noise tokens", at_least=0, at_most=1)
+    seq_len: int = option(128, "sequence length (even)", at_least=2, at_most=2**16)
+    train: int = option(12_800, _TRAIN, **EXAMPLES)
+    val: int = option(1_280, _VAL, **EXAMPLES)
+    test: int = option(1_280, _TEST, **EXAMPLES)
+    seed: int = option(0, _SEED, **SEEDS)
 
     def __post_init__(self) -> None:
         self.check_splits()
@@ -290,14 +290,14 @@ class FuzzyRecall(MadTask):
     name: ClassVar[str] = "fuzzy_recall"
     summary: ClassVar[str] = "MAD fuzzy in-context recall: keys and values of several tokens"
 
-    vocab: int = option(16, "vocabulary size (the last token pads)")
-    seq_len: int = option(128, "sequence length")
-    k_motif: int = option(3, "largest number of tokens in a key")
-    v_motif: int = option(3, "largest number of tokens in a value")
-    train: int = option(12_800, _TRAIN)
-    val: int = option(1_280, _VAL)
-    test: int = option(1_280, _TEST)
-    seed: int = option(0, _SEED)
+    vocab: int = option(16, "vocabulary size (the last token pads)", at_least=2, at_most=2**20)
+    seq_len: int = option(128, "sequence length", at_least=2, at_most=2**16)
+    k_motif: int = option(3, "largest number of tokens in a key", at_least=1, at_most=2**10)
+    v_motif: int = option(3, "largest number of tokens in a value", at_least=1, at_most=2**10)
+    train: int = option(12_800, _TRAIN, **EXAMPLES)
+    val: int = option(1_280, _VAL, **EXAMPLES)
+    test: int = option(1_280, _TEST, **EXAMPLES)
+    seed: int = option(0, _SEED, **SEEDS)
 
     def __post_init__(self) -> None:
         self.check_splits()
@@ -316,13 +316,13 @@ class SelectiveCopy(MadTask):
     name: ClassVar[str] = "selective_copy"
     summary: ClassVar[str] = "MAD selective copying: copy the non-blank tokens after a copy token"
 
-    vocab: int = option(16, "vocabulary size (the last two are blank and copy tokens)")
-    seq_len: int = option(256, "sequence length")
-    to_copy: int = option(16, "tokens to copy")
-    train: int = option(12_800, _TRAIN)
-    val: int = option(1_280, _VAL)
-    test: int = option(1_280, _TEST)
-    seed: int = option(0, _SEED)
+    vocab: int = option(16, "vocabulary size (the last two are blank and copy tokens)", at_least=2, at_most=2**20)
+    seq_len: int = option(256, "sequence length", at_least=2, at_most=2**16)
+    to_copy: int = option(16, "tokens to copy", at_least=1, at_most=2**14)
+    train: int = option(12_800, _TRAIN, **EXAMPLES)
+    val: int = option(1_280, _VAL, **EXAMPLES)
+    test: int = option(1_280, _TEST, **EXAMPLES)
+    seed: int = option(0, _SEED, **SEEDS)
 
     def __post_init__(self) -> None:
         self.check_splits()
@@ -338,12 +338,12 @@ class Compression(MadTask):
     name: ClassVar[str] = "compression"
     summary: ClassVar[str] = "MAD compression: reconstruct a sequence from its last position (auto-encoder)"
 
-    vocab: int = option(16, "vocabulary size (the last token marks the end)")
-    seq_len: int = option(32, "sequence length")
-    train: int = option(12_800, _TRAIN)
-    val: int = option(1_280, _VAL)
-    test: int = option(1_280, _TEST)
-    seed: int = option(0, _SEED)
+    vocab: int = option(16, "vocabulary size (the last token marks the end)", at_least=2, at_most=2**20)
+    seq_len: int = option(32, "sequence length", at_least=2, at_most=2**16)
+    train: int = option(12_800, _TRAIN, **EXAMPLES)
+    val: int = option(1_280, _VAL, **EXAMPLES)
+    test: int = option(1_280, _TEST, **EXAMPLES)
+    seed: int = option(0, _SEED, **SEEDS)
 
     def __post_init__(self) -> None:
         self.check_splits()
@@ -362,12 +362,12 @@ class Memorization(MadTask):
     name: ClassVar[str] = "memorization"
     summary: ClassVar[str] = "MAD memorization: recall a fixed key-value map learned in the weights"
 
-    vocab: int = option(256, "vocabulary size (the last token is the insert token)")
-    seq_len: int = option(32, "sequence length (even)")
-    train: int = option(256, _TRAIN)
-    val: int = option(1_280, _VAL)
-    test: int = option(1_280, _TEST)
-    seed: int = option(0, _SEED)
+    vocab: int = option(256, "vocabulary size (the last token is the insert token)", at_least=2, at_most=2**20)
+    seq_len: int = option(32, "sequence length (even)", at_least=2, at_most=2**16)
+    train: int = option(256, _TRAIN, **EXAMPLES)
+    val: int = option(1_280, _VAL, **EXAMPLES)
+    test: int = option(1_280, _TEST, **EXAMPLES)
+    seed: int = option(0, _SEED, **SEEDS)
 
     def __post_init__(self) -> None:
         self.check_splits()
@@ -394,7 +394,7 @@ class MAD(Task):
     batch_size: ClassVar[int] = MadTask.batch_size
     lr: ClassVar[float] = MadTask.lr
 
-    seed: int = option(0, "data seed of every member")
+    seed: int = option(0, "data seed of every member", **SEEDS)
 
     @property
     def members(self) -> tuple[MadTask, ...]:

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from einsearch.tasks.base import Budget, Splits, TaskError, option
+from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Splits, TaskError, option
 from einsearch.tasks.cache import cached_arrays
 from einsearch.tasks.language import IGNORE, TokenTask, as_examples, split_seeds
 
@@ -92,14 +92,14 @@ class MQAR(TokenTask):
 
     # 256 by default: small enough for a CPU search to tell candidates apart within seconds of
     # training; Zoology's sweeps use vocab=8192.
-    vocab: int = option(256, "vocabulary size: keys from [1, vocab/2), values from [vocab/2, vocab); Zoology: 8192")
-    seq_len: int = option(64, "sequence length (even, below vocab)")
-    pairs: int = option(8, "key-value pairs per sequence; 4*pairs <= seq_len")
-    power_a: float = option(0.01, "power-law exponent a of the query gaps, p(g) ∝ a·g^(a-1); 1 = uniform")
-    train: int = option(100_000, "training examples")
-    val: int = option(1_000, "validation examples")
-    test: int = option(3_000, "test examples")
-    seed: int = option(0, "data seed")
+    vocab: int = option(256, "vocabulary size: keys from [1, vocab/2), values from [vocab/2, vocab); Zoology: 8192", at_least=8, at_most=2**20)
+    seq_len: int = option(64, "sequence length (even, below vocab)", at_least=4, at_most=2**16)
+    pairs: int = option(8, "key-value pairs per sequence; 4*pairs <= seq_len", at_least=1, at_most=2**14)
+    power_a: float = option(0.01, "power-law exponent a of the query gaps, p(g) ∝ a·g^(a-1); 1 = uniform", above=0, at_most=100)
+    train: int = option(100_000, "training examples", **EXAMPLES)
+    val: int = option(1_000, "validation examples", **EXAMPLES)
+    test: int = option(3_000, "test examples", **EXAMPLES)
+    seed: int = option(0, "data seed", **SEEDS)
 
     def __post_init__(self) -> None:
         if self.seq_len % 2:

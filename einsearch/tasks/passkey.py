@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from einsearch.tasks.base import Budget, Splits, TaskError, option
+from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Splits, TaskError, option
 from einsearch.tasks.cache import cached_arrays
 from einsearch.tasks.language import IGNORE, TokenTask, as_examples, split_seeds
 
@@ -67,13 +67,13 @@ class Passkey(TokenTask):
     lr: ClassVar[float] = 1e-3
     eval_batch_size: ClassVar[int] = 32
 
-    seq_len: int = option(512, "bytes per training example")
-    test_len: int = option(0, "bytes per test example (0: seq_len)")
-    digits: int = option(5, "digits of the pass key")
-    train: int = option(20_000, "training examples")
-    val: int = option(500, "validation examples")
-    test: int = option(500, "test examples")
-    seed: int = option(0, "data seed")
+    seq_len: int = option(512, "bytes per training example", at_least=1, at_most=2**20)
+    test_len: int = option(0, "bytes per test example (0: seq_len)", at_least=0, at_most=2**20)
+    digits: int = option(5, "digits of the pass key", at_least=1, at_most=64)
+    train: int = option(20_000, "training examples", **EXAMPLES)
+    val: int = option(500, "validation examples", **EXAMPLES)
+    test: int = option(500, "test examples", **EXAMPLES)
+    seed: int = option(0, "data seed", **SEEDS)
 
     def __post_init__(self) -> None:
         if self.digits < 1:
@@ -83,7 +83,7 @@ class Passkey(TokenTask):
             value = getattr(self, name)
             if value and value < need:
                 raise TaskError(f"passkey: {name}={value} is shorter than the prompt without filler ({need} bytes)")
-        self.check_splits()
+        self.check_splits(test_tokens=self.test_len or self.seq_len)
 
     @property
     def tokens(self) -> int:

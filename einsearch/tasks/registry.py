@@ -1,8 +1,10 @@
 """Tasks by name: ``name`` or ``name:option=value,...``, with one bare value allowed where the task
 has a positional option (a path): ``csv:/data/ETTh1.csv,horizon=192``, ``lm:/some/folder``.
 
-Option values are converted to the type of the option's default (int, float, str, bool);
-unknown tasks and options, and values of the wrong type, raise `TaskError`.
+Option values are converted to the type of the option's default (int, float, str, bool) and
+checked against the range the option declares (`base.option`); unknown tasks and options, values
+of the wrong type and values out of range raise `TaskError`, whose message echoes at most a
+short piece of the text.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from einsearch.tasks.base import Task, TaskError
+from einsearch.messages import clip
+from einsearch.tasks.base import Task, TaskError, check_option
 from einsearch.tasks.dynamics import KuramotoSivashinsky, Lorenz96
 from einsearch.tasks.lm import LM
 from einsearch.tasks.mad import (
@@ -49,7 +52,7 @@ def _convert(task: str, option: str, text: str, default: Any) -> Any:
             return float(text)
         return text
     except ValueError:
-        raise TaskError(f"{task}: option {option} expects {kind.__name__}, got {text!r}") from None
+        raise TaskError(f"{task}: option {option} expects {kind.__name__}, got {clip(text, 40)}") from None
 
 
 def get_task(spec: str | Task) -> Task:
@@ -58,24 +61,25 @@ def get_task(spec: str | Task) -> Task:
         return spec
     name, _, rest = spec.strip().partition(":")
     if name not in TASKS:
-        raise TaskError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+        raise TaskError(f"unknown task {clip(name, 40)}; tasks: {', '.join(TASKS)}")
     cls = TASKS[name]
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     for item in (part.strip() for part in rest.split(",")) if rest.strip() else []:
         if not item:
-            raise TaskError(f"{name}: empty option in {spec!r}")
+            raise TaskError(f"{name}: empty option in {clip(spec, 60)}")
         key, eq, text = item.partition("=")
         if not eq:
             if cls.positional is None or cls.positional in values:
-                raise TaskError(f"{name}: expected option=value, got {item!r}")
+                raise TaskError(f"{name}: expected option=value, got {clip(item, 40)}")
             key, text = cls.positional, item
         key = key.strip()
         if key not in fields:
-            raise TaskError(f"{name}: unknown option {key!r}; options: {', '.join(fields) or 'none'}")
+            raise TaskError(f"{name}: unknown option {clip(key, 40)}; options: {', '.join(fields) or 'none'}")
         if key in values:
             raise TaskError(f"{name}: option {key} given twice")
         values[key] = _convert(name, key, text.strip(), fields[key].default)
+        check_option(name, fields[key], values[key])
     return cls(**values)
 
 

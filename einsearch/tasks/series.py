@@ -18,9 +18,10 @@ DLinear: RevIN, channel independence, patches of 16 rows every 8, a flatten head
 option).  Training keeps the weights of the best validation evaluation and tests those (the
 protocol of the forecasting literature: early stopping, here by selection within the budget).
 
-Problems with the file raise `TaskError` with one clear line: missing file, no channels, a
-non-numeric cell (column, row and value), a missing value / NaN (its row), too few rows for the
-splits.
+Problems with the file raise `TaskError` with one clear line: missing file, a file that is not
+UTF-8 text or larger than `MAX_CSV_BYTES`, no channels, a first column of numbers that do not
+increase (a channel where the dates belong: a file without a date column), a non-numeric cell
+(column, row and value), a missing value / NaN (its row), too few rows for the splits.
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ import torch
 from torch import Tensor, nn
 
 from einsearch.arch import Arch
-from einsearch.tasks.base import Budget, Splits, Task, TaskError, model_device, option
+from einsearch.messages import clip, shown
+from einsearch.tasks.base import MAX_DATA_BYTES, Budget, Splits, Task, TaskError, model_device, option
 from einsearch.tasks.shell import ForecastModel, build_blocks, patch_count
 
 ROWS_PER_MONTH = {"ETTh": 30 * 24, "ETTm": 30 * 24 * 4}
 MIXINGS = ("independent", "mixed")
 HEADS = ("flatten", "last")
+MAX_CSV_BYTES = MAX_DATA_BYTES // 8  # parsed cells take several times the file's size (Traffic: 130 MB)
+TIME_NAMES = ("date", "time", "datetime", "timestamp", "index")  # first-column headers taken as time as they are
 
 
 @dataclass(frozen=True)
@@ -55,44 +59,80 @@ def read_table(path: str) -> Table:
     """Read a CSV in benchmark layout; every problem is a `TaskError` naming the file.  Kept in
     memory while the file is unchanged (same size and modification time)."""
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise TaskError(f"csv: no such file: {path}")
+    if "\0" in path or not file.is_file():
+        raise TaskError(f"csv: no such file: {shown(path)}")
     stat = file.stat()
+    if stat.st_size > MAX_CSV_BYTES:
+        raise TaskError(f"csv: {shown(path)} has {stat.st_size:,} bytes; at most {MAX_CSV_BYTES:,} fit in memory")
     return _read_table(str(file), stat.st_size, stat.st_mtime_ns)
 
 
 @lru_cache(maxsize=4)
 def _read_table(path: str, size: int, modified: int) -> Table:
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise TaskError(f"csv: {path} is empty")
-        if len(header) < 2:
-            raise TaskError(f"csv: {path} needs a date column and at least one channel, found columns {header}")
-        columns = tuple(name.strip() for name in header[1:])
-        rows = []
-        for line, row in enumerate(reader, start=2):  # line numbers as an editor shows them
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise TaskError(f"csv: {path} row {line} has {len(row)} cells, the header has {len(header)}")
-            values = []
-            for name, cell in zip(columns, row[1:]):
-                text = cell.strip()
-                if text == "" or text.lower() in ("nan", "na", "null", "none"):
-                    raise TaskError(f"csv: {path} row {line}: missing value (NaN) in column {name!r}")
-                try:
-                    value = float(text)
-                except ValueError:
-                    raise TaskError(f"csv: {path} row {line}: column {name!r} is not numeric ({text!r})") from None
-                if not math.isfinite(value):
-                    raise TaskError(f"csv: {path} row {line}: non-finite value {text!r} in column {name!r}")
-                values.append(value)
-            rows.append(values)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return _parse_table(csv.reader(f), shown(path))
+    except UnicodeDecodeError as e:
+        raise TaskError(f"csv: {shown(path)} is not a text file (a byte near offset {e.start:,} is not UTF-8)") from None
+    except csv.Error as e:
+        raise TaskError(f"csv: {shown(path)} is not a readable CSV ({clip(str(e), 80, quote=False)})") from None
+    except OSError as e:
+        raise TaskError(f"csv: cannot read {shown(path)}: {e.strerror or e}") from None
+
+
+def _parse_table(reader, path: str) -> Table:
+    """The rows of `reader` as a `Table`; `path` names the file in messages."""
+    header = next(reader, None)
+    if header is None:
+        raise TaskError(f"csv: {path} is empty")
+    if len(header) < 2:
+        raise TaskError(f"csv: {path} needs a date column and at least one channel, found columns {clip(str(header), 60)}")
+    columns = tuple(name.strip() for name in header[1:])
+    rows, times = [], []
+    for line, row in enumerate(reader, start=2):  # line numbers as an editor shows them
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise TaskError(f"csv: {path} row {line} has {len(row)} cells, the header has {len(header)}")
+        values = []
+        for name, cell in zip(columns, row[1:]):
+            text = cell.strip()
+            if text == "" or text.lower() in ("nan", "na", "null", "none"):
+                raise TaskError(f"csv: {path} row {line}: missing value (NaN) in column {clip(name, 40)}")
+            try:
+                value = float(text)
+            except ValueError:
+                raise TaskError(f"csv: {path} row {line}: column {clip(name, 40)} is not numeric ({clip(text, 40)})") from None
+            if not math.isfinite(value):
+                raise TaskError(f"csv: {path} row {line}: non-finite value {clip(text, 40)} in column {clip(name, 40)}")
+            values.append(value)
+        rows.append(values)
+        times.append(row[0].strip())
     if not rows:
         raise TaskError(f"csv: {path} has a header but no rows")
+    check_time_column(header[0].strip(), times, path)
     return Table(columns=columns, values=np.array(rows, dtype=np.float64))
+
+
+def check_time_column(name: str, cells: list[str], path: str) -> None:
+    """The first column must hold the time of each row: dates (any text that is not a number), or
+    numbers that increase (a time index).  A first column of numbers that do not increase is a
+    channel standing where the dates belong: such a file has no date column, and reading it would
+    silently drop that channel, so it is refused."""
+    if name.lower() in TIME_NAMES:
+        return
+    numbers = []
+    for cell in cells:
+        try:
+            numbers.append(float(cell))
+        except ValueError:
+            return  # text: dates
+    if all(a < b for a, b in zip(numbers, numbers[1:])):
+        return
+    raise TaskError(
+        f"csv: {path} has no date column: its first column {clip(name, 30)} holds numbers that do not increase "
+        "(a channel?); the layout is a date column, then one column per channel"
+    )
 
 
 def split_borders(name: str, rows: int, lookback: int) -> list[tuple[int, int]]:
@@ -141,14 +181,14 @@ class CSVSeries(Task):
     selection: ClassVar[str] = "best"
 
     path: str = option("", "the CSV file (required)")
-    lookback: int = option(96, "rows the model reads")
-    horizon: int = option(96, "rows forecast at once (the benchmarks use 96, 192, 336, 720)")
-    patch: int = option(16, "rows per input token (PatchTST: 16)")
-    stride: int = option(8, "rows between the starts of consecutive patches (PatchTST: 8)")
-    mixing: str = option("independent", "independent: each channel its own sequence (PatchTST); mixed: one sequence of all channels")
-    head: str = option("flatten", "flatten: every position's features to the horizon (PatchTST); last: the last position's only")
+    lookback: int = option(96, "rows the model reads", at_least=1, at_most=2**20)
+    horizon: int = option(96, "rows forecast at once (the benchmarks use 96, 192, 336, 720)", at_least=1, at_most=2**20)
+    patch: int = option(16, "rows per input token (PatchTST: 16)", at_least=1, at_most=2**20)
+    stride: int = option(8, "rows between the starts of consecutive patches (PatchTST: 8)", at_least=1, at_most=2**20)
+    mixing: str = option("independent", "independent: each channel its own sequence (PatchTST); mixed: one sequence of all channels", choices=MIXINGS)
+    head: str = option("flatten", "flatten: every position's features to the horizon (PatchTST); last: the last position's only", choices=HEADS)
     revin: bool = option(True, "reversible instance normalisation of each window (Kim et al. 2022)")
-    decomp: int = option(0, "moving-average rows of DLinear's trend/seasonal decomposition (odd; 0: none; DLinear: 25)")
+    decomp: int = option(0, "moving-average rows of DLinear's trend/seasonal decomposition (odd; 0: none; DLinear: 25)", at_least=0, at_most=2**20)
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -180,7 +220,7 @@ class CSVSeries(Task):
         for split, (start, end) in zip(("train", "validation", "test"), borders):
             if start < 0 or end - start < need:
                 raise TaskError(
-                    f"csv: {self.path} has {rows} rows: its {split} part has {max(0, end - max(start, 0))} rows, "
+                    f"csv: {shown(self.path)} has {rows} rows: its {split} part has {max(0, end - max(start, 0))} rows, "
                     f"fewer than lookback + horizon = {need}"
                 )
         train = table.values[borders[0][0] : borders[0][1]]
