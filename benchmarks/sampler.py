@@ -6,7 +6,7 @@ For each space: samples drawn per second (`einsearch.sample`), scored per second
 (`Space.log_prob`), built per second (`einsearch.build` at d_model), checked per second, and, of the checked samples
 (`einsearch.grammar.stats.check_sample`, sequence length 8, batch 1): how many are valid (build
 and pass the causality check) and how many run forward and backward with finite float32 values
-at unit-scale inputs.  Notes list every sample with a problem.  Target: >= 2,000 samples/s and
+at input scales 1 and 3 (`PROBE_SCALES`).  Notes list every sample with a problem.  Target: >= 2,000 samples/s and
 100% valid.
 """
 

@@ -19,13 +19,18 @@ from einsearch.grammar.sampler import SeedOrRng, rng_of, sample
 from einsearch.grammar.space import Space, load_space
 
 
+# Input scales of the finiteness probe: unit scale, and the spread of a residual stream a few
+# blocks deep (an un-normalised primitive that overflows there fails in training at step 0).
+PROBE_SCALES = (1.0, 3.0)
+
+
 @dataclass(frozen=True)
 class SampleCheck:
     """What `check_sample` found out about one architecture."""
 
     builds: bool
     causal: bool  # passes `check_causal` (on a float64 copy where float32 overflows in the probe)
-    finite: bool  # forward and backward give finite values in float32 on unit-scale inputs
+    finite: bool  # forward and backward give finite values in float32 at every PROBE_SCALES
     reason: str | None  # the problems found, or None
 
     @property
@@ -35,14 +40,14 @@ class SampleCheck:
 
 
 def check_sample(arch: Arch, d_model: int = 32, seq_len: int = 8, batch: int = 1) -> SampleCheck:
-    """Build `arch` at `d_model`, run forward and backward on unit-scale noise, and check causality.
+    """Build `arch` at `d_model`, run forward and backward on noise at PROBE_SCALES, and check causality.
 
     `einsearch.check_causal` perturbs the future with 3x-scale noise.  Deep chains of
     super-linear ops (selective scans, gated and squared activations, products) without a norm
     between them can overflow float32 there (NaN makes the probe fail while reporting zero
     change).  The verdict is then taken on a float64 copy of the module fed inputs / 3, which is
     causal exactly when the module is; `reason` records it, and `finite` whether the float32
-    forward and backward at unit scale were finite.
+    forward and backward were finite at every input scale of PROBE_SCALES.
     """
     import torch
 
@@ -56,16 +61,21 @@ def check_sample(arch: Arch, d_model: int = 32, seq_len: int = 8, batch: int = 1
     except Exception as e:  # noqa: BLE001 - any failure to build is the answer
         return SampleCheck(False, False, False, f"build: {type(e).__name__}: {e}")
     problems = []
-    x = torch.randn(batch, seq_len, d_model, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    noise = torch.randn(batch, seq_len, d_model, generator=torch.Generator().manual_seed(0))
     try:
-        y = module(x)
-        if y.shape != x.shape:
-            return SampleCheck(True, False, False, f"forward: shape {tuple(y.shape)} for input {tuple(x.shape)}")
-        y.square().mean().backward()
-        grads = [x.grad] + [p.grad for p in module.parameters() if p.grad is not None]
-        finite = bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
-        if not finite:
-            problems.append("non-finite forward or backward in float32 at unit scale")
+        finite = True
+        for scale in PROBE_SCALES:
+            x = (scale * noise).requires_grad_()
+            y = module(x)
+            if y.shape != x.shape:
+                return SampleCheck(True, False, False, f"forward: shape {tuple(y.shape)} for input {tuple(x.shape)}")
+            module.zero_grad(set_to_none=True)
+            y.square().mean().backward()
+            grads = [x.grad] + [p.grad for p in module.parameters() if p.grad is not None]
+            if not (bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads)):
+                problems.append(f"non-finite forward or backward in float32 at input scale {scale:g}")
+                finite = False
+                break
         report = check_causal(module, d_model, seq_len=seq_len, batch=batch)
         if not report and not _finite_report(report):
             problems.append("the causality probe overflows float32; checked in float64 on inputs / 3")

@@ -34,6 +34,7 @@ from einsearch.primitives.base import BuildError, Mixer, State, head_dim
 GLA_CHUNK = 8  # a decay per channel: the intra-chunk tensor is (C, C, dk), so C stays small
 RETNET_CHUNK = 32  # one decay per head: the intra-chunk work is plain (C, C) matrix products
 DELTA_CHUNK = 32
+HEAD_NORM_EPS = 1e-5  # flash-linear-attention's RMSNorm default
 
 
 def split_chunks(x: Tensor, chunk: int) -> Tensor:
@@ -189,8 +190,14 @@ class _GatedScores(torch.autograd.Function):
 class MatrixMemory(Mixer):
     """What the matrix memories (GLA, RetNet, DeltaNet) share: a d×d state per head, computed over
     the whole sequence by `fast` (the chunked form, or its Triton kernel) in `forward` and by the
-    plain loop `naive` in `reference`, then one output projection.  Subclasses give `_project`,
-    which turns x (B, T, D) into the core's arguments, and the two cores."""
+    plain loop `naive` in `reference`, then each head's output RMS-normalised and one output
+    projection.  Subclasses give `_project`, which turns x (B, T, D) into the core's arguments,
+    and the two cores.
+
+    The head norm is the papers' (RetNet's GroupNorm, GLA's and Gated DeltaNet's per-head RMSNorm,
+    as in flash-linear-attention's layers): the cores return un-normalised sums over the history,
+    which grow with the decay's horizon and compound when memories are stacked.  It is
+    parameter-free, because a per-channel scale right before `out` is absorbed by `out`."""
 
     fast: Callable
     naive: Callable
@@ -198,7 +205,12 @@ class MatrixMemory(Mixer):
     def _mix(self, x: Tensor, core: Callable) -> Tensor:
         B, T, D = x.shape
         o, _ = core(*self._project(x), chunk=self.chunk)  # (B, H, T, d)
-        return self.out(o.transpose(1, 2).reshape(B, T, D))
+        return self._read(o.transpose(1, 2))
+
+    def _read(self, o: Tensor) -> Tensor:
+        """Head outputs (..., H, d) -> normalised per head and projected (..., D)."""
+        o = F.rms_norm(o, (self.d_head,), eps=HEAD_NORM_EPS)
+        return self.out(o.flatten(-2))
 
     def forward(self, x: Tensor) -> Tensor:
         return self._mix(x, self.fast)
@@ -215,8 +227,9 @@ class GLA(MatrixMemory):
 
     Per head: S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, y_t = q_tᵀ S_t / √dk, with the input-dependent
     decay log α_t = logsigmoid(W₂ W₁ x_t + b) / τ, a rank-16 projection and τ = 16 as in the paper
-    (α ≈ 0.96 at initialisation).  q, k, v and the output are bias-free projections; the paper's
-    output gate and group norm are left to the grammar (`gate`, `norm`).
+    (α ≈ 0.96 at initialisation).  q, k, v and the output are bias-free projections, the head
+    outputs RMS-normalised before the output one (`MatrixMemory`); the paper's output gate is left
+    to the grammar (`gate`).
     """
 
     fast = staticmethod(dispatch.gla)
@@ -245,7 +258,7 @@ class GLA(MatrixMemory):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         q, k, v, log_alpha = (t[:, :, 0] for t in self._project(x[:, None]))  # (B, H, d)
         o, state = gla_step(q, k, v, log_alpha, state)
-        return self.out(o.reshape(x.shape[0], self.d_model)), state
+        return self._read(o), state
 
     def flops(self, seq_len: int) -> float:
         """Recurrent-form count: projections (q, k, v, out, the rank-16 gate) + per head the
@@ -264,7 +277,8 @@ class RetNet(MatrixMemory):
     Per head h: S_t = γ_h S_{t-1} + k_t v_tᵀ, y_t = q_tᵀ S_t / √dk, with γ_h = 1 - 2^(-5-h) (the
     paper's multi-scale decays) and q, k rotated by their position (the paper's Θ; here the
     rotate-half RoPE of `attention.rope`, so the head size must be even).  The state carries the
-    position as an integer.  The paper's group norm and swish gate are left to the grammar.
+    position as an integer.  The paper's group norm is the head norm of `MatrixMemory`; its swish
+    gate is left to the grammar.
     """
 
     fast = staticmethod(dispatch.gla)
@@ -296,7 +310,7 @@ class RetNet(MatrixMemory):
         h, position = state
         q, k, v, log_alpha = (t[:, :, 0] for t in self._project(x[:, None], position[None]))  # (B, H, d)
         o, h = gla_step(q, k, v, log_alpha, h)
-        return self.out(o.reshape(x.shape[0], self.d_model)), (h, position + 1)
+        return self._read(o), (h, position + 1)
 
     def flops(self, seq_len: int) -> float:
         """Recurrent-form count: projections (q, k, v, out) + per head the update and the read."""
@@ -414,8 +428,9 @@ class DeltaNet(MatrixMemory):
     k_t and q_t L2-normalised per head (q then scaled by 1/√dk, flash-linear-attention's default),
     β_t = sigmoid(w_β·x_t) per head, and α_t = 1 (gated=false) or, per head (gated=true),
     log α_t = -exp(A_log) · softplus(w_a·x_t + dt_bias) (Mamba2's parameterisation, initialised as
-    Mamba2: A ∈ [1, 16], dt ∈ [0.001, 0.1] log-uniform).  The short convolution and output gate of
-    the reference layers are left to the grammar (`conv`, `gate`, `norm`).
+    Mamba2: A ∈ [1, 16], dt ∈ [0.001, 0.1] log-uniform).  The head outputs are RMS-normalised
+    (`MatrixMemory`); the short convolution and output gate of the reference layers are left to
+    the grammar (`conv`, `gate`).
     """
 
     fast = staticmethod(dispatch.delta_rule)
@@ -450,7 +465,7 @@ class DeltaNet(MatrixMemory):
         q, k, v, beta, log_alpha = self._project(x[:, None])
         gate = None if log_alpha is None else log_alpha[:, :, 0]
         o, state = delta_rule_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], beta[:, :, 0], gate, state)
-        return self.out(o.reshape(x.shape[0], self.d_model)), state
+        return self._read(o), state
 
     def flops(self, seq_len: int) -> float:
         """Recurrent-form count: projections (q, k, v, out, β and the decay per head) + per head

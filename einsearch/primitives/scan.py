@@ -23,6 +23,7 @@ from einsearch.primitives.base import Mixer, State, head_dim
 # Chunk lengths of the parallel forms, tuned for CPU: see the docstrings of the chunked functions.
 DIAG_CHUNK = 2
 AAREN_CHUNK = 32
+OUTPUT_NORM_EPS = 1e-5  # Mamba-2's RMSNorm default
 
 
 # ---------------------------------------------------------------- diagonal recurrence, the core
@@ -155,6 +156,12 @@ class DiagScan(Mixer):
     c_t = W_c x_t.  Not selective (S4D): Δ, b and c are learned constants.  Δ starts
     log-uniform in [1e-3, 1e-1] as in Mamba, skip at 1.  A pure token mixer: input and output
     projections and gating are composed around it in the language.
+
+    The selective output y_t + skip ⊙ x_t is RMS-normalised over the channels, the normalisation
+    Mamba-2 (Dao & Gu 2024, §7) adds before the output projection: with b_t and c_t projections
+    of x_t the readout grows as |x|³, so stacked scans overflow without it.  Parameter-free (a
+    per-channel scale before the next linear map is absorbed by it).  S4D's scan is linear in x
+    and keeps the paper's un-normalised output.
     """
 
     def __init__(self, d_model: int, state: int, selective: bool, chunk: int = DIAG_CHUNK):
@@ -185,20 +192,25 @@ class DiagScan(Mixer):
         log_a = delta[..., None] * -torch.exp(self.A_log)
         return delta * x, log_a, b, c
 
+    def _read(self, y: Tensor, x: Tensor) -> Tensor:
+        """The scan's readout y (..., D) -> the output, with the skip and (selective) the norm."""
+        y = y + self.skip * x
+        return F.rms_norm(y, (self.d_model,), eps=OUTPUT_NORM_EPS) if self.selective else y
+
     def forward(self, x: Tensor) -> Tensor:
         y, _ = dispatch.scan_diag(*self._coefficients(x), chunk=self.chunk)
-        return y + self.skip * x
+        return self._read(y, x)
 
     def reference(self, x: Tensor) -> Tensor:
         y, _ = naive_scan_diag(*self._coefficients(x))
-        return y + self.skip * x
+        return self._read(y, x)
 
     def init_state(self, batch: int) -> State:
         return torch.zeros(batch, self.d_model, self.state, device=self._device, dtype=self._dtype)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         y, h = diag_step(*self._coefficients(x), state)
-        return y + self.skip * x, h
+        return self._read(y, x), h
 
     def flops(self, seq_len: int) -> float:
         projections = 2.0 * (self.d_model * self.d_model + self.d_model * 2 * self.state) if self.selective else 0.0

@@ -190,7 +190,8 @@ def test_gla_matches_decay_matrix_form():
 
 def test_retnet_matches_parallel_retention():
     """Retention's parallel form (Sun et al. 2023, eq. 5): (Q Kᵀ ⊙ D) V with D_ij = γ^(i-j) for
-    j ≤ i, Q and K rotated by position, then the output projection."""
+    j ≤ i, Q and K rotated by position, each head's output RMS-normalised (the paper's group
+    norm, parameter-free, ε = 1e-5), then the output projection."""
     torch.manual_seed(0)
     module = einsearch.build("mem(retnet, heads=2)", 8)
     x = torch.randn(1, 9, 8)
@@ -201,8 +202,9 @@ def test_retnet_matches_parallel_retention():
     gamma = 1 - 2.0 ** (-5 - torch.arange(2.0))  # (H,)
     i, j = positions[:, None], positions[None, :]
     D = torch.where(j <= i, gamma[:, None, None] ** (i - j).clamp(min=0), 0.0)  # (H, T, T)
-    y = ((q @ k.transpose(-1, -2)) * D) @ v
-    expected = module.out(y.transpose(1, 2).reshape(1, T, 8))
+    y = (((q @ k.transpose(-1, -2)) * D) @ v).transpose(1, 2)  # (1, T, H, d)
+    y = y / (y.square().mean(-1, keepdim=True) + 1e-5).sqrt()
+    expected = module.out(y.reshape(1, T, 8))
     torch.testing.assert_close(module(x), expected)
 
 

@@ -104,7 +104,7 @@ def test_diag_chunk_must_be_positive():
 
 def test_diag_scan_matches_hand_unrolled_recurrence():
     """Selective scan at T=3 with chunk 2 (one chunk boundary), against the Mamba equations
-    written out step by step from the module's parameters."""
+    written out step by step from the module's parameters, then Mamba-2's RMS norm (ε = 1e-5)."""
     torch.manual_seed(0)
     module = DiagScan(4, state=3, selective=True, chunk=2)
     x = torch.randn(1, 3, 4)
@@ -118,6 +118,7 @@ def test_diag_scan_matches_hand_unrolled_recurrence():
     h2 = a[1] * h1 + u[1]
     h3 = a[2] * h2 + u[2]
     y = torch.stack([h @ c[0, t] for t, h in enumerate([h1, h2, h3])]) + module.skip * x[0]
+    y = y / (y.square().mean(-1, keepdim=True) + 1e-5).sqrt()
     torch.testing.assert_close(module(x)[0], y)
 
 
