@@ -8,6 +8,10 @@ Every module the builder returns carries ``arch_path``: the path of its node in 
 indices from the root, as in `einsearch.grammar.evolve`), so that weights can be matched node by
 node between two trees (`einsearch.inherit`).  The copies inside ``wired(...)`` share their
 node's path.
+
+`check_size` refuses, before anything is built, a tree whose construction alone would take
+minutes or gigabytes: too many module copies (each ``wired`` node is a fresh copy of its child)
+or a random graph too large to draw.  `build` calls it first.
 """
 
 from __future__ import annotations
@@ -19,6 +23,30 @@ from einsearch.primitives.base import BuildError, Mixer
 from einsearch.primitives.channel import MLP, Act, Identity, Linear, Norm
 from einsearch.primitives.combinators import Gate, Par, Repeat, Res, Seq
 from einsearch.primitives.local import Conv, Shift
+
+
+MAX_MODULES = 10_000  # primitive modules in one block; building one takes ~0.4 ms and ~1 KB or more
+MAX_WIRED_NODES = 512  # networkx draws an er graph by trying every pair of nodes (~15 µs a pair here)
+
+
+def module_count(arch: Arch) -> int:
+    """How many primitive modules building `arch` creates: ``wired`` builds a copy of its child
+    per node, ``repeat`` shares one."""
+    if not arch.children:
+        return 1
+    inner = sum(module_count(child) for child in arch.children)
+    return arch["nodes"] * inner if arch.op == "wired" else inner
+
+
+def check_size(arch: Arch) -> None:
+    """Raise BuildError if building `arch` would create more than MAX_MODULES modules or draw a
+    graph of more than MAX_WIRED_NODES nodes; cheap (no module is built)."""
+    for node in arch.walk():
+        if node.op == "wired" and node["nodes"] > MAX_WIRED_NODES:
+            raise BuildError(f"wired: nodes={node['nodes']:,} is too large; at most {MAX_WIRED_NODES} nodes per graph")
+    count = module_count(arch)
+    if count > MAX_MODULES:
+        raise BuildError(f"{arch.op}: builds {count:,} modules (wired copies); at most {MAX_MODULES:,} per block")
 
 
 class Builder:
@@ -147,4 +175,6 @@ class Builder:
 
 def build(arch: Arch | str, d_model: int) -> Mixer:
     """Compile an architecture (tree or text) into a module mapping (B, T, d_model) to the same shape."""
-    return Builder(d_model)(parse(arch) if isinstance(arch, str) else arch)
+    tree = parse(arch) if isinstance(arch, str) else arch
+    check_size(tree)
+    return Builder(d_model)(tree)

@@ -66,19 +66,24 @@ def show(
     arch: Annotated[str, typer.Argument(help="Architecture text, a seed name, or - to read one architecture per line from stdin.")],
     d_model: Annotated[int, typer.Option(help="Model width to build at.", min=1)] = 64,
     seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs and state size.", min=1)] = 1024,
+    max_memory: MaxMemoryOption = None,
 ) -> None:
     """Print an architecture's canonical text, its tree and its costs."""
     texts = [line for line in sys.stdin.read().splitlines() if line.strip()] if arch == "-" else [arch]
+    ceiling = _ceiling(max_memory)
     for i, text in enumerate(texts):
         if i:
             console.print()
-        _show(_arch(text), d_model, seq_len)
+        _show(_arch(text), d_model, seq_len, ceiling)
 
 
-def _show(tree: Arch, d_model: int, seq_len: int) -> None:
+def _show(tree: Arch, d_model: int, seq_len: int, ceiling: int) -> None:
+    from einsearch.footprint import OverCeiling, check_ceiling, estimate_block
+
     try:
+        check_ceiling(estimate_block(tree, d_model), ceiling)  # before anything is allocated
         module = build(tree, d_model)
-    except BuildError as e:
+    except (BuildError, OverCeiling) as e:
         fail(str(e))
     c = costs(module, seq_len)
     console.print(to_text(tree), markup=False, highlight=False, soft_wrap=True)
@@ -108,6 +113,19 @@ def list_seeds(
             fail(f"seed {name}: {e}")
         table.add_row(name, f"{c.params:,}", f"{c.flops_per_token:,.0f}", f"{c.state_size:,}")
     console.print(table)
+
+
+MaxMemoryOption = Annotated[str | None, typer.Option(help="Memory a candidate may need, estimated before it is built, e.g. 4GB (default: half the machine's).")]
+
+
+def _ceiling(text: str | None) -> int:
+    """The memory ceiling in bytes: `text` (e.g. 4GB) or half the machine's memory."""
+    from einsearch.footprint import default_memory_limit, parse_bytes
+
+    try:
+        return default_memory_limit() if text is None else parse_bytes(text)
+    except ValueError as e:
+        fail(str(e))
 
 
 # ---------------------------------------------------------------- spaces: sample, space list, space stats
@@ -180,20 +198,24 @@ def train_command(
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default: the task's).", min=1)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation and the batch order.")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    max_memory: MaxMemoryOption = None,
+    time_limit: Annotated[float | None, typer.Option(help="Seconds before the candidate is stopped as timeout (default: 1 hour for a budget in steps).", min=0)] = None,
 ) -> None:
     """Train one architecture on one task within a budget; print its metrics and costs.
     Exit status 1 when the candidate fails (NaN, divergence, out of memory, time limit, build error)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from einsearch.tasks import Budget, TaskError, get_task
-    from einsearch.train import TrainConfig, train
+    from einsearch.limits import train_limited
+    from einsearch.train import TrainConfig
 
     tree = _arch(arch)
     try:
         limit = Budget.parse(budget) if budget else None
     except ValueError as e:
         fail(str(e))
-    config = TrainConfig(d_model=d_model, layers=layers, budget=limit, lr=lr, batch_size=batch_size, seed=seed)
+    config = TrainConfig(d_model=d_model, layers=layers, budget=limit, lr=lr, batch_size=batch_size, seed=seed,
+                         max_memory=_ceiling(max_memory), time_limit=time_limit)  # fmt: skip
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), disable=json_output, transient=True,
@@ -203,7 +225,7 @@ def train_command(
         with bar:
             handle = bar.add_task("preparing data", total=1.0)
             show_step = lambda info: bar.update(handle, completed=info.fraction, description=f"step {info.step}  loss {info.loss:.4g}")  # noqa: E731
-            result = train(tree, the_task, config, progress=show_step)
+            result = train_limited(tree, the_task, config, progress=show_step)  # in a child process it can be killed
     except TaskError as e:
         fail(str(e))
     if json_output:
@@ -262,6 +284,7 @@ def run_command(
     max_params: Annotated[int | None, typer.Option(help="Reject candidates with more parameters, untrained.", min=1)] = None,
     max_flops: Annotated[float | None, typer.Option(help="Reject candidates with more FLOPs per token, untrained.", min=0)] = None,
     max_state: Annotated[int | None, typer.Option(help="Reject candidates with more floats of inference state at the task's length, untrained.", min=0)] = None,
+    max_memory: MaxMemoryOption = None,
     finalists: Annotated[int, typer.Option(help="At the end, retrain the top K and the comparison seeds (0: skip).", min=0)] = 3,
     final_seeds: Annotated[int, typer.Option(help="Training seeds per finalist and comparison seed.", min=2)] = 3,
     inherit: Annotated[bool, typer.Option("--inherit", help="Evolution: a child starts from its parent's trained weights wherever their trees agree.")] = False,

@@ -45,8 +45,10 @@ worker that crashed resumes from its last rung).
   while building the model);
 * ``nan``: a non-finite loss, gradient norm or final metric;
 * ``diverged``: the running training loss grew above ``diverge_factor`` times its first value;
-* ``oom``: out of memory (`torch.OutOfMemoryError`, a RuntimeError saying "out of memory",
-  `MemoryError`);
+* ``oom``: refused before building, when the estimate of its memory (`einsearch.footprint`:
+  parameters, optimiser state, activations) is above ``max_memory``; or out of memory while
+  running (`torch.OutOfMemoryError`, a RuntimeError saying "out of memory" or "can't allocate
+  memory", `MemoryError`);
 * ``timeout``: the whole run (building, training, evaluation) passed ``time_limit`` seconds;
 * ``error``: any other exception raised by the model while training or evaluating.
 
@@ -70,6 +72,7 @@ from torch import nn
 
 from einsearch.arch import Arch
 from einsearch.costs import costs as measure_costs
+from einsearch.footprint import OverCeiling, check_ceiling, default_memory_limit, estimate_training
 from einsearch.grammar.seeds import resolve
 from einsearch.inherit import inherit
 from einsearch.tasks.base import Budget, Task
@@ -112,6 +115,7 @@ class TrainConfig:
     state_path: str | None = None  # the training state is saved here at each rung, and continued from if present
     init_from: str | None = None  # start from these trained weights (safetensors) where the trees agree ...
     init_arch: str | None = None  # ... those of this architecture (see `einsearch.inherit`)
+    max_memory: int | None = None  # bytes a candidate may need (estimated before building); None: half the machine's memory
 
     def __post_init__(self) -> None:
         if self.selection not in (None, "last", "best"):
@@ -126,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"cooldown must be in [0, 1 - warmup], got {self.cooldown}")
         if self.rung_cooldown is not None and self.rung_cooldown < 0:
             raise ValueError(f"rung_cooldown must be at least 0, got {self.rung_cooldown}")
+        if self.max_memory is not None and self.max_memory < 1:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
         if any(step < 1 for step in self.rungs):
             raise ValueError(f"rungs are steps, at least 1: got {self.rungs}")
 
@@ -212,8 +218,9 @@ class Failure(Exception):
 
 
 def is_out_of_memory(error: BaseException) -> bool:
+    message = str(error).lower()
     return isinstance(error, (OutOfMemory, MemoryError)) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+        isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
     )
 
 
@@ -315,13 +322,19 @@ def _train_one(
     def finish(status: str, reason: str | None, detail: str = "") -> TrainResult:
         return TrainResult(status=status, reason=reason, detail=detail, seconds=time.perf_counter() - started, **outcome)
 
-    # build
+    # build, if the estimate of its memory is under the ceiling
+    generator = torch.Generator().manual_seed(config.seed)
+    batch_size = config.batch_size or task.batch_size
     try:
         tree = resolve(arch) if isinstance(arch, str) else arch
         outcome["arch"] = tree.text
+        need = estimate_training(task, tree, config.d_model, config.layers, splits.train.sample(batch_size, generator))
+        check_ceiling(need, config.max_memory or default_memory_limit())
         torch.manual_seed(config.seed)
         model = task.model(tree, config.d_model, config.layers).to(config.device)
         outcome["costs"] = measure_costs(model, task.tokens).as_dict()
+    except OverCeiling as error:
+        return finish("failed", "oom", str(error))
     except Exception as error:  # noqa: BLE001 - any failure to build is the candidate's
         if is_out_of_memory(error):
             return finish("failed", "oom", f"out of memory while building: {error}")
@@ -330,9 +343,8 @@ def _train_one(
         outcome["inherited"] = inherit(model, tree, resolve(config.init_arch), config.init_from).count
 
     # train
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # the estimate's batch leaves the run's batches alone
     peak = config.lr if config.lr is not None else task.lr
-    batch_size = config.batch_size or task.batch_size
     selecting = (config.selection or task.selection) == "best"
     evaluations = Evaluations(config.eval_every, tenths=selecting and config.eval_every is None)
     best = Best(task.metric, task.mode) if selecting else None

@@ -23,6 +23,7 @@ class RunConfig:
     time_budget: float | None = None  # seconds of wall clock for the whole search
     trial_budget: str = "600steps"  # each candidate's full training budget, in optimiser steps (never seconds); mqar's transformer: 0.974 val at 600, 0.898 at 500
     time_limit: float | None = None  # seconds before a candidate fails as "timeout" (default: `candidate_time_limit`)
+    max_memory: int | None = None  # bytes a candidate may need, estimated before building (None: half the machine's)
     workers: int = 2
     executor: str = "ray"  # ray | inline
     address: str | None = None  # an existing Ray cluster; None: RAY_ADDRESS or a local Ray

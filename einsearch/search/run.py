@@ -40,7 +40,8 @@ from einsearch.search.record import DamagedRecord, RunFolder, RunFolderError, Tr
 from einsearch.search.strategies import make_strategy
 from einsearch.tasks import Budget, Task, get_task
 from einsearch.tasks.mad import MAD
-from einsearch.train import TrainConfig, TrainResult, train
+from einsearch.limits import train_limited
+from einsearch.train import TrainConfig, TrainResult
 
 COST_KEYS = {"params": "params", "flops": "flops_per_token", "state": "state_size"}
 
@@ -62,6 +63,7 @@ class Job:
     inherit_from: str | None = None  # the parent's weights to start from (--inherit) ...
     inherit_arch: str | None = None  # ... and the parent's architecture
     rungs: tuple[int, ...] = ()  # the ladder's intermediate rungs (steps), where the scheduler scores it
+    max_memory: int | None = None  # bytes the candidate may need (estimated before building); None: half the machine's
     started: float = 0.0  # the driver's clock when the job was handed out (not sent to workers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +79,7 @@ def evaluate(job: dict[str, Any], callback=None, state_path: str | None = None) 
         layers=job["layers"],
         budget=Budget.parse(job["budget"]),
         time_limit=job["time_limit"],
+        max_memory=job.get("max_memory"),
         seed=job["seed"],
         eval_every=job["eval_every"],
         weights_path=job["weights"],
@@ -85,7 +88,7 @@ def evaluate(job: dict[str, Any], callback=None, state_path: str | None = None) 
         rungs=tuple(job.get("rungs", ())),
         state_path=state_path,
     )
-    return train(job["arch"], job["task"], config, callback=callback).to_dict()
+    return train_limited(job["arch"], job["task"], config, callback=callback).to_dict()  # killed in a long step
 
 
 class Search:
@@ -220,6 +223,7 @@ class Search:
                 weights=str(self.folder.weights_path(trial.number).absolute()),  # workers run elsewhere
                 started=time.monotonic(),
                 rungs=self.ladder[:-1],
+                max_memory=self.config.max_memory,
                 **self._inheritance(trial.user_attrs.get("parent")),
             )
             trial.set_user_attr("origin", origin)
