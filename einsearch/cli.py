@@ -306,6 +306,7 @@ def run_command(
         start,
     )
     from einsearch.search import resume as resume_run
+    from einsearch.search.cluster import check_executor
     from einsearch.tasks import TaskError
 
     try:
@@ -323,6 +324,7 @@ def run_command(
                 max_params=max_params, max_flops=max_flops, max_state=max_state, d_model=d_model, layers=layers,
                 seed=seed, storage=storage, finalists=finalists, final_seeds=final_seeds, inherit=inherit,
             )  # fmt: skip
+            check_executor(config.executor, config.address)  # a bad --address fails here, before the run folder exists
             outcome = start(config, RunFolder(output) if output else new_run_folder())
     except (ValueError, TaskError, SpaceError, ArchSyntaxError, FileNotFoundError, FileExistsError) as e:
         fail(str(e))

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from einsearch.search.cluster import ray_session
 from einsearch.search.run import Job, Search, evaluate, model_costs
 
 Update = Callable[[], None]  # called after every recorded trial (progress display)
@@ -165,24 +166,20 @@ def _driver_searcher_class():
 
 def run_ray(search: Search, update: Update = lambda: None) -> bool:
     """Run the search on Ray Tune; returns False if it was interrupted before finishing."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    with ray_session(search.config.workers, search.config.address):
+        return _tune(search, update)
+
+
+def _tune(search: Search, update: Update) -> bool:
+    """The search as one `Tuner.fit` on the Ray of this process."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
     logging.getLogger("ray.tune").setLevel(logging.ERROR)  # einsearch shows its own progress
     config = search.config
     mode = "max" if search.maximize else "min"
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        address = config.address or os.environ.get("RAY_ADDRESS")
-        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=config.workers, _temp_dir=_ray_temp_dir(), **kwargs)
     ladder = search.ladder
     if len(ladder) > 1:
         scheduler = ASHAScheduler(
@@ -214,9 +211,6 @@ def run_ray(search: Search, update: Update = lambda: None) -> bool:
     except KeyboardInterrupt:
         search.interrupt()
         return False
-    finally:
-        if started_here:
-            ray.shutdown()
     if search.running:  # Tune stopped early (Ctrl-C is handled by Tune itself)
         search.interrupt()
         return False
@@ -238,9 +232,3 @@ def _remember_earlier_rungs(scheduler: Any, search: Search) -> None:
                 if r.reused_from is None and k < len(r.rung_scores) and math.isfinite(r.rung_scores[k]):
                     recorded[f"earlier-{r.number}"] = sign * r.rung_scores[k]
 
-
-def _ray_temp_dir() -> str:
-    """Ray's session files; a short path, since Ray's socket paths must fit in 107 characters."""
-    path = Path(tempfile.gettempdir()) / f"einsearch-ray-{os.getuid()}"
-    path.mkdir(exist_ok=True)
-    return str(path)

@@ -34,9 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import statistics
-import tempfile
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +44,7 @@ from typing import Any
 from einsearch.arch import Arch
 from einsearch.grammar.seeds import resolve
 from einsearch.grammar.seeds import seeds as zoo
+from einsearch.search.cluster import ray_session
 from einsearch.search.config import RunConfig
 from einsearch.search.record import RunFolder, TrialRecord, leaderboard
 from einsearch.search.run import Job, evaluate, model_costs, over_limits
@@ -467,22 +466,19 @@ def run_jobs(jobs: list[dict[str, Any]], config: RunConfig) -> Iterator[tuple[in
 def _run_on_ray(jobs: list[dict[str, Any]], config: RunConfig) -> Iterator[tuple[int, dict[str, Any]]]:
     """Ray tasks of one CPU each, at most `workers` at once. Ray retries a task whose worker
     died; one that still fails is a failed training (`worker_crash`)."""
+    with ray_session(config.workers, config.address):
+        yield from _run_tasks(jobs, config.workers)
+
+
+def _run_tasks(jobs: list[dict[str, Any]], workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`jobs` as Ray tasks on the Ray of this process, at most `workers` at once."""
     import ray
 
-    started_here, temp_dir = not ray.is_initialized(), None
-    if started_here:
-        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        address = config.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, **kwargs)
-        else:  # a fresh private folder: Ray's socket paths must stay short, and unguessable
-            temp_dir = tempfile.mkdtemp(prefix="einsearch-ray-")
-            ray.init(num_cpus=config.workers, _temp_dir=temp_dir, **kwargs)
     remote = ray.remote(num_cpus=1)(evaluate)
     waiting, running = list(enumerate(jobs)), {}
     try:
         while waiting or running:
-            while waiting and len(running) < config.workers:
+            while waiting and len(running) < workers:
                 i, job = waiting.pop(0)
                 running[remote.remote(job)] = i
             finished, _ = ray.wait(list(running), num_returns=1)
@@ -496,7 +492,3 @@ def _run_on_ray(jobs: list[dict[str, Any]], config: RunConfig) -> Iterator[tuple
     finally:
         for ref in running:
             ray.cancel(ref, force=True)
-        if started_here:
-            ray.shutdown()
-            if temp_dir is not None:
-                shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,9 +1,9 @@
-import os
 import pathlib
 
 import pytest
 
 from einsearch.search import RunConfig
+from einsearch.search.cluster import ray_session
 
 TINY_SPACE = str(pathlib.Path(__file__).parent.parent / "data" / "search" / "tiny.toml")
 TINY_TASK = "mqar:vocab=32,seq_len=16,pairs=2,train=256,val=32,test=32"
@@ -18,12 +18,10 @@ def tiny_config(**changes) -> RunConfig:
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
-    """One local Ray for the whole test session (starting one takes seconds)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+def ray_local():
+    """One local Ray for the whole test session (starting one takes seconds), started as
+    `einsearch run` starts it: token authentication on, a private temp folder."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _temp_dir=f"/tmp/einsearch-ray-test-{os.getpid()}")  # fmt: skip
-    yield ray
-    ray.shutdown()
+    with ray_session(workers=2):
+        yield ray

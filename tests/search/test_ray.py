@@ -5,8 +5,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -90,10 +92,11 @@ def test_a_killed_worker_is_retried_and_the_search_finishes(ray_local, tmp_path)
 
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the ray command line is not installed")
 def test_two_node_cluster_on_loopback(tmp_path):
-    """`ray start --head` plus a second node with its own resources; the CLI joins with --address."""
+    """`ray start --head` plus a second node with its own resources, all with one token (as the
+    README says); the CLI joins with --address and that token, and is refused with another."""
     port = 6400 + os.getpid() % 500
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    temp = f"/tmp/einsearch-ray-cluster-{os.getpid()}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
+    temp = tempfile.mkdtemp(prefix="einsearch-test-")
     head = ["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}"]
     subprocess.run(head, check=True, env=env, capture_output=True)
     try:
@@ -102,12 +105,16 @@ def test_two_node_cluster_on_loopback(tmp_path):
         run = [
             sys.executable, "-m", "einsearch.cli", "run", "--address", f"127.0.0.1:{port}", "--task", TINY_TASK,
             "--space", TINY_SPACE, "--strategy", "random", "--trials", "3", "--trial-budget", "3steps", "--scheduler", "fifo",
-            "--workers", "2", "--d-model", "16", "--layers", "1", "--output", str(tmp_path / "run"),
+            "--workers", "2", "--d-model", "16", "--layers", "1", "--output",
         ]  # fmt: skip
-        done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+        refused = subprocess.run([*run, str(tmp_path / "other")], env={**env, "RAY_AUTH_TOKEN": "0" * 32}, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "refused the Ray token" in refused.stderr, refused.stdout + refused.stderr
+        assert not (tmp_path / "other").exists()
+        done = subprocess.run([*run, str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
         assert len(RunFolder(tmp_path / "run").trials()) == 3
         status = subprocess.run(["ray", "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True)
         assert "second_node" in status.stdout  # the second node really was part of the cluster
     finally:
         _stop_cluster(temp)
+        shutil.rmtree(temp, ignore_errors=True)
