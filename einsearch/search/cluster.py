@@ -106,8 +106,8 @@ def token_available() -> bool:
 @functools.cache  # one successful check per address and process (the CLI checks before the run folder exists)
 def check_address(address: str, timeout: float | None = None) -> None:
     """Raise ClusterError unless a Ray cluster at `address` accepts this machine's token within
-    `timeout` seconds (default CONNECT_TIMEOUT_S); checked in a separate process, which is
-    killed at the deadline (a bad address makes `ray.init` wait for minutes)."""
+    `timeout` seconds (default CONNECT_TIMEOUT_S) and refuses a client without it; checked from
+    separate processes, killed at the deadline (a bad address makes `ray.init` wait for minutes)."""
     timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     where = _clip(address, 60)
     require_token_auth()
@@ -122,6 +122,10 @@ def check_address(address: str, timeout: float | None = None) -> None:
         raise ClusterError(f"no Ray cluster answered at {where} within {timeout:g} s (is it a Ray head's GCS address, host:port?)")
     if failure is not None:
         raise ClusterError(f"cannot join the Ray cluster at {where}: {_clip(failure, 100)}")
+    with tempfile.TemporaryDirectory(prefix="einsearch-") as home:  # a HOME with no ~/.ray/auth_token
+        anyone = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": home}
+        if _probe(address, timeout, env=anyone) is None:
+            raise ClusterError(f"the Ray cluster at {where} lets in clients without its token: start its nodes with RAY_AUTH_MODE=token")
 
 
 def check_executor(executor: str, address: str | None) -> None:
@@ -136,13 +140,13 @@ def check_executor(executor: str, address: str | None) -> None:
         require_token_auth()
 
 
-def _probe(address: str, timeout: float) -> str | None:
-    """Connect to `address` from a separate process as the search will (token auth from the
-    environment): None if it joins, else why not, or "timeout".  Ray retries a refused token
-    for about 20 s while logging each refusal, so the first refusal ends the probe."""
+def _probe(address: str, timeout: float, env: dict[str, str] | None = None) -> str | None:
+    """Connect to `address` from a separate process with environment `env` (default: this
+    one's, as the search will connect): None if it joins, else why not, or "timeout".  Ray
+    retries a refused token for about 20 s while logging each refusal, so the first one ends it."""
     probe = subprocess.Popen(
         [sys.executable, "-c", _PROBE, address], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+        start_new_session=True, env=env,
     )  # fmt: skip
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_read_lines, args=(probe.stdout, lines), daemon=True).start()

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from einsearch.cli import app
 from einsearch.search import cluster
 from tests.search.conftest import TINY_SPACE, TINY_TASK
+from tests.search.test_ray import _stop_cluster
 
 CLIENT = textwrap.dedent("""
     import sys, ray
@@ -151,3 +152,22 @@ def test_a_bad_cluster_address_is_one_line_and_creates_nothing(tmp_path, monkeyp
     assert expected[case] in lines[0]
     assert time.monotonic() - started < 15
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(shutil.which("ray") is None, reason="the ray command line is not installed")
+def test_a_cluster_without_token_authentication_is_refused(tmp_path, monkeypatch):
+    port = 6900 + os.getpid() % 500
+    temp = tempfile.mkdtemp(prefix="einsearch-test-")
+    head = ["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}"]
+    subprocess.run(head, check=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True)
+    try:
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 32)  # any token: this cluster asks for none
+        run = ["run", "--address", f"127.0.0.1:{port}", "--task", TINY_TASK, "--space", TINY_SPACE, "--trials", "2",
+               "--trial-budget", "3steps", "--scheduler", "fifo", "--output", str(tmp_path / "run")]  # fmt: skip
+        result = CliRunner().invoke(app, run)
+        assert result.exit_code == 2 and "lets in clients without its token" in result.output, result.output
+        assert not (tmp_path / "run").exists()
+    finally:
+        _stop_cluster(temp)
+        shutil.rmtree(temp, ignore_errors=True)
