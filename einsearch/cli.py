@@ -322,6 +322,7 @@ def run_command(
                 executor=executor or RunConfig.executor, address=address,
                 scheduler=scheduler, rungs=rungs, eta=eta, objectives=tuple(o.strip() for o in objectives.split(",")),
                 max_params=max_params, max_flops=max_flops, max_state=max_state, d_model=d_model, layers=layers,
+                max_memory=None if max_memory is None else _ceiling(max_memory),
                 seed=seed, storage=storage, finalists=finalists, final_seeds=final_seeds, inherit=inherit,
             )  # fmt: skip
             check_executor(config.executor, config.address)  # a bad --address fails here, before the run folder exists
