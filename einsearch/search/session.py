@@ -163,8 +163,8 @@ def resumed_config(folder: RunFolder, trials: int | None, execution: Execution) 
     config = RunConfig.from_dict(folder.read_config())
     if config.storage is not None and execution.storage is None:
         raise RunFolderError(
-            f"run folder {shorten(str(folder.path))} keeps its study in storage {shorten(config.storage, 60)!r}; resume takes "
-            "storage only from the command line: pass --storage with that URL if you trust it"
+            f"this run keeps its study in storage {shorten(config.storage, 60)!r}, and resume takes storage only from "
+            "the command line: pass --storage with that URL if you trust it"
         )
     if config.storage is None and execution.storage is not None:
         raise RunFolderError(f"run folder {shorten(str(folder.path))} keeps its study in its journal file; --storage would start another study elsewhere")
