@@ -62,7 +62,7 @@ def run_one(job: dict) -> dict:
                     "--output", str(folder), *METHODS[job["method"]]]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
-        return {**job, "error": done.stderr.strip().splitlines()[-1:] or ["?"], "trials": job["trials"]}
+        return {**job, "error": done.stderr.strip().splitlines()[-1:] or ["?"]}
     records = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()]
     records.sort(key=lambda r: r["number"])
     return {**job, "records": [{k: r.get(k) for k in ("number", "arch", "status", "objectives", "steps", "seconds", "origin", "inherited")}
