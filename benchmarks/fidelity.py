@@ -2,6 +2,7 @@
 like its score at the full budget?
 
     python benchmarks/fidelity.py mqar                      # one task: the table in BENCHMARKS.md
+    python benchmarks/fidelity.py mqar-small --steps 270 --rungs 3   # the main job's ladder
     python benchmarks/fidelity.py lorenz96 --steps 1500 --eta 3 --rungs 4
     python benchmarks/fidelity.py csv --archs linear,transformer,gla
 
@@ -35,6 +36,7 @@ from resumable import run_pending  # noqa: E402  (benchmarks/ is on the path of 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ETTh1.csv"
 TASKS = {
     "mqar": "mqar",
+    "mqar-small": "mqar:vocab=64,seq_len=32,pairs=4",  # the README's main job
     "lorenz96": "lorenz96",
     "csv": f"csv:{DATA},lookback=336,horizon=96",
 }

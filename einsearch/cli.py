@@ -257,7 +257,7 @@ def tasks_command() -> None:
     from einsearch.tasks import describe_tasks
 
     for info in describe_tasks():
-        typer.echo(f"{info.name}  {info.summary}  [{info.metric}, {info.mode}imise; budget {info.budget}]")
+        typer.echo(f"{info.name}  {info.summary}  [{info.metric}, {info.mode}imise; budget {info.budget}, in a search {info.search_budget}]")
         for option in info.options:
             bare = "  (may be given bare: " + info.name + ":<" + option.name + ">)" if option.name == info.positional else ""
             typer.echo(f"    {option.name + '=' + str(option.default):<22} {option.help}{bare}")
@@ -272,7 +272,7 @@ def run_command(
     seed_arch: Annotated[list[str] | None, typer.Option("--seed-arch", help="Seed name or architecture text to start from (repeatable).")] = None,
     trials: Annotated[int | None, typer.Option(help="Total evaluations (with --resume: the new total).", min=1)] = None,
     time_budget: Annotated[str | None, typer.Option(help="Wall clock for the whole search, e.g. 90s, 30m, 2h.")] = None,
-    trial_budget: Annotated[str, typer.Option(help="Each candidate's full training budget in optimiser steps (e.g. 1500steps), never seconds.")] = "600steps",
+    trial_budget: Annotated[str | None, typer.Option(help="Each candidate's full training budget in optimiser steps (e.g. 1500steps), never seconds (default: the task's search budget, see `einsearch tasks`).")] = None,
     time_limit: Annotated[float | None, typer.Option(help="Seconds before a candidate fails as timeout: a safety limit, not a budget (default: 1 s per step of the trial budget + 60 s).", min=0)] = None,
     workers: Annotated[int | None, typer.Option(help="Candidates trained at once (default: 2; with --resume: the run's).", min=1)] = None,
     executor: Annotated[str | None, typer.Option(help="ray (local Ray or --address) | inline (in this process) (default: ray; with --resume: the run's).")] = None,
@@ -307,7 +307,7 @@ def run_command(
     )
     from einsearch.search import resume as resume_run
     from einsearch.search.cluster import check_executor
-    from einsearch.tasks import TaskError
+    from einsearch.tasks import TaskError, get_task
 
     try:
         if resume is not None:
@@ -318,7 +318,7 @@ def run_command(
                 task=task, space=space, strategy=strategy, seed_archs=tuple(seed_arch or ()),
                 trials=trials or RunConfig.trials,
                 time_budget=parse_duration(time_budget) if time_budget else None,
-                trial_budget=trial_budget, time_limit=time_limit, workers=workers or RunConfig.workers,
+                trial_budget=trial_budget or str(get_task(task).trial_budget), time_limit=time_limit, workers=workers or RunConfig.workers,
                 executor=executor or RunConfig.executor, address=address,
                 scheduler=scheduler, rungs=rungs, eta=eta, objectives=tuple(o.strip() for o in objectives.split(",")),
                 max_params=max_params, max_flops=max_flops, max_state=max_state, d_model=d_model, layers=layers,

@@ -1,5 +1,6 @@
 """The architecture language: grammar, parser, printer; search spaces, sampler, mutation, crossover."""
 
+from einsearch.grammar.equivalent import at_length
 from einsearch.grammar.evolve import crossover, mutate
 from einsearch.grammar.parser import ArchSyntaxError, grammar, parse
 from einsearch.grammar.printer import to_text
@@ -11,6 +12,7 @@ __all__ = [
     "ArchSyntaxError",
     "Space",
     "SpaceError",
+    "at_length",
     "builtin_spaces",
     "crossover",
     "grammar",

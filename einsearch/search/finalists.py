@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from einsearch.arch import Arch
+from einsearch.grammar import at_length, parse
 from einsearch.grammar.seeds import resolve
 from einsearch.grammar.seeds import seeds as zoo
 from einsearch.search.cluster import ray_session
@@ -97,17 +98,22 @@ class Plan:
         return self.candidates + self.seeds if self.candidates else ()
 
 
-def pick_candidates(records: list[TrialRecord], maximize: bool, k: int, exclude: Collection[str] = ()) -> list[Entrant]:
-    """The top `k` distinct architectures of the leaderboard, skipping the ids in `exclude` (the
-    comparison seeds: a seed the search rediscovered is no finding)."""
+def pick_candidates(
+    records: list[TrialRecord], maximize: bool, k: int, exclude: Collection[Arch] = (), tokens: int | None = None
+) -> list[Entrant]:
+    """The top `k` distinct architectures of the leaderboard, skipping those in `exclude` (the
+    comparison seeds: a seed the search rediscovered is no finding).  With `tokens` (the task's
+    length), trees that train the same at that length (`at_length`) count as one."""
+    same = (lambda arch: arch.id) if tokens is None else (lambda arch: at_length(arch, tokens).id)  # noqa: E731
     chosen: list[Entrant] = []
-    seen = set(exclude)
+    seen = {same(arch) for arch in exclude}
     for leader in leaderboard(records, maximize):
         if len(chosen) == k:
             break
         record = leader.record
-        if record.id not in seen:
-            seen.add(record.id)
+        key = same(parse(record.arch))
+        if key not in seen:
+            seen.add(key)
             chosen.append(Entrant(record.arch, record.id, "candidate", trial=record.number))
     return chosen
 
@@ -143,7 +149,8 @@ def _seed(arch: Arch, name: str | None) -> Entrant:
 def plan(config: RunConfig, records: list[TrialRecord], task: Task) -> Plan:
     """Who is in the final of a run with these trial records."""
     chosen_seeds, excluded = comparison_seeds(config, task)
-    candidates = pick_candidates(records, task.mode == "max", config.finalists, {s.id for s in chosen_seeds})
+    seeds = [parse(s.arch) for s in chosen_seeds]
+    candidates = pick_candidates(records, task.mode == "max", config.finalists, seeds, task.tokens)
     return Plan(tuple(candidates), tuple(chosen_seeds), excluded)
 
 

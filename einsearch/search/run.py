@@ -33,7 +33,7 @@ import optuna
 
 from einsearch.arch import Arch
 from einsearch.costs import costs as measure
-from einsearch.grammar import SpaceError, load_space, suggest
+from einsearch.grammar import SpaceError, at_length, load_space, parse, suggest
 from einsearch.grammar.seeds import resolve
 from einsearch.search.config import RunConfig
 from einsearch.search.record import DamagedRecord, RunFolder, RunFolderError, TrialRecord, leaderboard, shorten
@@ -106,7 +106,7 @@ class Search:
         self.strategy = make_strategy(config.strategy, self.space, config.seed, self.seeds, self.maximize)
         self.records: list[TrialRecord] = []
         self.running: dict[int, tuple[Job, optuna.Trial]] = {}
-        self.by_id: dict[str, TrialRecord] = {}
+        self.trained: dict[str, TrialRecord] = {}  # `equivalence` key -> the trial that trained it
         self.elapsed_before = 0.0
         self.clock_start = time.monotonic()
         self._best_written: int | None = None  # the trial whose files are in best/
@@ -124,7 +124,7 @@ class Search:
         self.study = self.folder.study(self.config.storage, directions, self.strategy.sampler(self.config.seed), name=name)
         self.records = self._reconcile(self.folder.trials())
         self.strategy.replay(self.records)
-        self.by_id = {r.id: r for r in self.records if r.reused_from is None and r.status in ("ok", "failed", "stopped")}
+        self.trained = {self.equivalence(parse(r.arch)): r for r in self.records if r.reused_from is None and r.status in ("ok", "failed", "stopped")}
         self.elapsed_before = max((r.finished_at for r in self.records), default=0.0)
         self.clock_start = time.monotonic()
         if len(self.ladder) > 1 and self.config.executor == "inline":  # Ray Tune's scheduler decides on Ray
@@ -172,6 +172,12 @@ class Search:
         return sorted(records + restored, key=lambda r: r.finished_at)  # finishing order (stable)
 
     # ------------------------------------------------------------------ state
+    def equivalence(self, arch: Arch) -> str:
+        """A key shared by the architectures that train the same on this task: the id of the tree
+        without its parameters that change nothing at the task's length (`at_length`), so a
+        proposal equal to a trained one in all but a no-op reuses its result."""
+        return at_length(arch, self.task.tokens).id
+
     @property
     def elapsed(self) -> float:
         """Search time in seconds, summed over the sessions of a resumed run."""
@@ -201,7 +207,7 @@ class Search:
         while self.can_start():
             trial, origin = self.strategy.ask(self.study)
             arch = suggest(trial, self.space)
-            previous = self.by_id.get(arch.id)
+            previous = self.trained.get(self.equivalence(arch))
             if previous is not None:
                 self._record(trial, arch, origin, reused=previous)
                 continue
@@ -382,7 +388,7 @@ class Search:
         self.folder.append(record)
         self.records.append(record)
         if reused is None and status in ("ok", "failed", "stopped"):
-            self.by_id[record.id] = record
+            self.trained[self.equivalence(arch)] = record
         self.strategy.observe(record)
         self._keep_best_weights()
         return record

@@ -216,6 +216,9 @@ class Task(ABC):
     metric: ClassVar[str]  # the primary metric reported by `evaluate`
     mode: ClassVar[str]  # "max" or "min": which direction of `metric` is better
     budget: ClassVar[Budget]
+    # A search trial's full budget (`einsearch run` without --trial-budget), chosen from the rank
+    # correlations of benchmarks/fidelity.py (BENCHMARKS.md); None: the training budget above.
+    search_budget: ClassVar[Budget | None] = None
     batch_size: ClassVar[int]
     lr: ClassVar[float]
     positional: ClassVar[str | None] = None  # the option a bare value after "name:" sets (e.g. a path)
@@ -256,6 +259,11 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, split: Any) -> dict[str, float]:
         """Metrics on a whole split (model in eval mode, no gradients: the caller sees to it)."""
+
+    @property
+    def trial_budget(self) -> Budget:
+        """A search trial's full budget by default: `search_budget`, else `budget`."""
+        return self.search_budget or self.budget
 
     def info(self) -> dict[str, Any]:
         """Facts about the data worth recording with a result (e.g. a corpus hash)."""

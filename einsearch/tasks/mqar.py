@@ -87,6 +87,7 @@ class MQAR(TokenTask):
     name: ClassVar[str] = "mqar"
     summary: ClassVar[str] = "multi-query associative recall (Zoology, Arora et al. 2023)"
     budget: ClassVar[Budget] = Budget(steps=3000)  # ~5 min of a 2-layer d=64 transformer on one core
+    search_budget: ClassVar[Budget] = Budget(steps=600)  # transformer: val accuracy 0.974 at 600, 0.898 at 500
     batch_size: ClassVar[int] = 64
     lr: ClassVar[float] = 3e-3
 

@@ -29,9 +29,16 @@ def cost_of(arch: str, task: str = TINY_TASK, d_model: int = 16, layers: int = 1
     return costs(the_task.model(einsearch.resolve(arch), d_model, layers), the_task.tokens).as_dict()
 
 
-def trial(number: int, id: str, value: float | None, status: str = "ok", reused_from: int | None = None) -> TrialRecord:
+TEXTS = {name: f"conv(k={k})" for k, name in enumerate("abcde", start=2)} | {
+    "s": "attn(softmax, heads=2, pos=none)",  # the comparison seed
+    "w": "attn(softmax, heads=2, window=8, pos=none)",  # the seed, but for a window
+}
+
+
+def trial(number: int, name: str, value: float | None, status: str = "ok", reused_from: int | None = None) -> TrialRecord:
+    arch = einsearch.parse(TEXTS[name])
     return TrialRecord(
-        number=number, arch=f"arch-{id}", id=id, status=status, reason=None,
+        number=number, arch=arch.text, id=arch.id, status=status, reason=None,
         objectives=None if value is None else (value,), reused_from=reused_from,
     )  # fmt: skip
 
@@ -40,6 +47,7 @@ def trial(number: int, id: str, value: float | None, status: str = "ok", reused_
 
 
 def test_finalists_are_the_top_k_distinct_architectures():
+    ids = {name: einsearch.parse(text).id for name, text in TEXTS.items()}
     records = [
         trial(0, "a", 0.50),
         trial(1, "b", 0.90),
@@ -49,12 +57,16 @@ def test_finalists_are_the_top_k_distinct_architectures():
         trial(5, "e", None, status="failed"),
         trial(6, "c", 0.60),  # the same architecture trained again: counts once, at its best
         trial(7, "s", 0.95),  # a comparison seed the search found again
+        trial(8, "w", 0.96),  # the seed again at a length of at most 8 (its window sees everything)
     ]
-    picked = fin.pick_candidates(records, maximize=True, k=3, exclude={"s"})
-    assert [(e.id, e.trial) for e in picked] == [("b", 1), ("d", 4), ("c", 2)]
+    seed = [einsearch.parse(TEXTS["s"])]
+    picked = fin.pick_candidates(records, maximize=True, k=3, exclude=seed, tokens=8)
+    assert [(e.id, e.trial) for e in picked] == [(ids["b"], 1), (ids["d"], 4), (ids["c"], 2)]
     assert all(e.role == "candidate" for e in picked)
+    longer = fin.pick_candidates(records, maximize=True, k=1, exclude=seed, tokens=9)  # at 9 the window matters
+    assert [(e.id, e.trial) for e in longer] == [(ids["w"], 8)]
     lowest = fin.pick_candidates(records, maximize=False, k=2)
-    assert [e.id for e in lowest] == ["a", "c"]
+    assert [e.id for e in lowest] == [ids["a"], ids["c"]]
     assert fin.pick_candidates(records, maximize=True, k=0) == []
 
 

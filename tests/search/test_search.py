@@ -13,6 +13,7 @@ import torch
 import einsearch
 from einsearch.search import RunFolder, resume, start
 from einsearch.search.record import TrialRecord
+from einsearch.tasks import Budget, get_task
 from tests.search.conftest import TINY_SPACE, TINY_TASK, tiny_config
 
 
@@ -82,6 +83,17 @@ def test_duplicates_are_not_trained_twice(tmp_path):
     assert first.reused_from is None and first.steps > 0
     for r in rest:
         assert r.reused_from == first.number and r.metrics == first.metrics and r.steps == 0
+
+
+def test_an_architecture_equal_at_the_tasks_length_reuses_the_result(tmp_path):
+    # a window of 4 changes nothing on 4 tokens (at_length) and matters on TINY_TASK's 16
+    full, windowed = "res(attn(softmax, heads=2, pos=none))", "res(attn(softmax, heads=2, window=4, pos=none))"
+    outcome, folder = run(tmp_path, strategy="evolution", trials=2, seed_archs=(full, windowed), task=TINY_TASK.replace("seq_len=16,pairs=2", "seq_len=4,pairs=1"))
+    first, second = assert_consistent(folder, 2)
+    assert first.arch == full and second.arch == windowed  # each recorded as proposed ...
+    assert second.reused_from == first.number and second.metrics == first.metrics and second.steps == 0  # ... trained once
+    outcome, folder = run(tmp_path, name="longer", strategy="evolution", trials=2, seed_archs=(full, windowed))
+    assert [r.reused_from for r in assert_consistent(folder, 2)] == [None, None]  # at 16 tokens they differ
 
 
 def test_cheap_constraints_reject_without_training(tmp_path):
@@ -180,3 +192,19 @@ def test_bad_run_options_are_one_line_and_status_2(tmp_path):
         assert result.exit_code == 2, (extra, result.output)
         assert message in result.output and "Traceback" not in result.output, (extra, result.output)
         assert not (tmp_path / "never").exists()  # nothing was started
+
+
+def test_a_run_without_a_trial_budget_takes_the_tasks_search_budget(tmp_path):
+    from typer.testing import CliRunner
+
+    from einsearch.cli import app
+
+    task = "mqar:vocab=16,seq_len=8,pairs=2,train=128,val=16,test=16"
+    assert get_task(task).trial_budget == Budget(steps=600)  # MQAR's, chosen in BENCHMARKS.md
+    args = ["run", "--executor", "inline", "--task", task, "--space", TINY_SPACE, "--trials", "1", "--scheduler", "fifo",
+            "--finalists", "0", "--d-model", "8", "--layers", "1", "--output", str(tmp_path / "run")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert RunFolder(tmp_path / "run").read_config()["trial_budget"] == "600steps"
+    (record,) = RunFolder(tmp_path / "run").trials()
+    assert record.status == "ok" and record.steps == 600

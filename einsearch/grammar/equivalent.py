@@ -1,0 +1,37 @@
+"""Architectures that compute the same function at a given sequence length.
+
+Some parameters change nothing on sequences no longer than a length: softmax attention with a
+``window`` of at least T sees every earlier token anyway (key > query - window holds for all
+key <= query < T), and a ``chunk`` of at least T puts the whole sequence in one chunk.  At T they
+are the same model, with the same parameters, the same initialisation from the same seed, and the
+same training run — so a search need not train both.
+
+    at_length(parse("attn(softmax, heads=4, window=64, pos=rope)"), 64).text
+    # 'attn(softmax, heads=4, pos=rope)'
+
+The tree `at_length` returns is a key for "trains the same at this length", not a replacement:
+the windowed block still differs beyond T (its inference state stays bounded), so a search keeps
+the architecture it proposed and only reuses the result of its equivalent.
+"""
+
+from __future__ import annotations
+
+from einsearch.arch import Arch
+
+__all__ = ["at_length"]
+
+# (op, variant) -> parameters that are no-ops when their value is at least the sequence length
+SPANS: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("attn", "softmax"): ("window", "chunk"),
+}
+
+
+def at_length(arch: Arch, tokens: int) -> Arch:
+    """`arch` with every parameter that changes nothing on sequences of length <= `tokens` left
+    out (see the module doc); the same tree when there is none."""
+    children = tuple(at_length(child, tokens) for child in arch.children)
+    spans = SPANS.get((arch.op, arch.variant), ())
+    params = tuple((name, value) for name, value in arch.params if not (name in spans and isinstance(value, int) and value >= tokens))
+    if children == arch.children and params == arch.params:
+        return arch
+    return Arch(arch.op, arch.variant, params, children)
