@@ -27,7 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
+# Tables go to a terminal at its width; to a file or a pipe at 120 columns, so that no number is cut.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 @app.callback()

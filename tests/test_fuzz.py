@@ -8,9 +8,11 @@ their numbers (``mlp(expand=1000000000, ...)``) are the business of the resource
 the builder, tested with them.  Example counts are in `EXAMPLES` (quoted in BENCHMARKS.md).
 """
 
+import atexit
 import json
 import re
 import resource
+import shutil
 import string
 import tempfile
 from pathlib import Path
@@ -107,6 +109,7 @@ def builtin_space_text(name: str) -> str:
 
 SPACE_TEXTS = [builtin_space_text(name) for name in builtin_spaces()]
 FOLDER = Path(tempfile.mkdtemp(prefix="einsearch-fuzz-"))
+atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 
 
 def space_stats(content: bytes, suffix: str) -> None:
