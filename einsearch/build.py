@@ -153,7 +153,8 @@ class Builder:
         if a.variant == "titans":
             from einsearch.primitives.titans import Titans
 
-            return Titans(self.d, a["heads"], loss=a["loss"], retention=a["retention"], momentum=a["momentum"])
+            return Titans(self.d, a["heads"], loss=a["loss"], retention=a["retention"], momentum=a["momentum"],
+                          chunk=a.get("chunk"))
         from einsearch.primitives.memory import GLA, DeltaNet, RetNet
 
         if a.variant == "gla":

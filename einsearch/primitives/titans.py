@@ -168,6 +168,17 @@ def lp_step_bound(error: Tensor) -> Tensor:
     return 1 / error.abs().amax(dim=-1).clamp_min(1.0)
 
 
+def segment_products(log_rate: Tensor) -> Tensor:
+    """P[..., i, j] = Π_{l=j+1..i} r_l for j ≤ i (1 on the diagonal) and 0 for j > i, from
+    log r (..., L): (..., L, L).  Sums of logarithms within the segment (no division by a
+    cumulative product, which could underflow)."""
+    L = log_rate.shape[-1]
+    lower = torch.ones(L, L, dtype=torch.bool, device=log_rate.device).tril()
+    strict = lower.tril(-1)
+    sums = log_rate[..., :, None].expand(*log_rate.shape, L).masked_fill(~strict, 0).cumsum(-2)
+    return sums.exp().masked_fill(~lower, 0)
+
+
 # ================================================================ the module
 
 
@@ -179,13 +190,16 @@ class Titans(Mixer):
     independent of the sequence length.
     """
 
-    def __init__(self, d_model: int, heads: int, loss: str, retention: str, momentum: bool):
+    def __init__(self, d_model: int, heads: int, loss: str, retention: str, momentum: bool, chunk: int | None = None):
         super().__init__()
         if loss not in ("l2", "lp", "huber"):
             raise ValueError(f"mem(titans): unknown loss {loss!r}")
         if retention not in ("l2", "kl"):
             raise ValueError(f"mem(titans): unknown retention {retention!r}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"mem(titans): chunk must be positive, not {chunk}")
         self.d_model, self.heads = d_model, heads
+        self.chunk = chunk or 1  # absent = 1: the per-token form
         self.loss, self.retention, self.momentum = loss, retention, momentum
         self.d_head = d = head_dim(d_model, heads, "mem(titans)")
         self.hidden = n = HIDDEN_EXPANSION * d
@@ -228,6 +242,10 @@ class Titans(Mixer):
                 gates[name] = torch.sigmoid(raw[..., i]) / self.hidden
             else:
                 gates[name] = torch.sigmoid(raw[..., i])
+        if self.chunk > 1:  # the chunked form's decays, as logarithms: log(1 − α_t), log η_t
+            gates["log_keep"] = F.logsigmoid(-raw[..., self.gate_names.index("forget")])
+            if self.momentum:
+                gates["log_momentum"] = F.logsigmoid(raw[..., self.gate_names.index("momentum")])
         return q, k, v, gates
 
     # ------------------------------------------------------------ the recurrence
@@ -240,7 +258,11 @@ class Titans(Mixer):
         # l2: (B, H, n, d), (B, H, d, n); kl: (B, H, n, 2d), (B, H, d, 2n)
         memory = tuple(m.expand(batch, *m.shape) for m in memory)
         momentum = tuple(torch.zeros_like(w) for w in self._weights(memory)) if self.momentum else ()
-        return memory + momentum
+        if self.chunk == 1:
+            return memory + momentum
+        # chunked: also the memory at the start of the current chunk (where this chunk's gradients
+        # are taken) and the position in the chunk (an int, not a number of the state)
+        return memory + momentum + memory + (0,)
 
     def _weights(self, memory: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """The MLP's weights from the memory state: itself (l2), or W⁺ − W⁻ with
@@ -262,14 +284,9 @@ class Titans(Mixer):
         scale = self.log_scale.exp()  # (H, 2)
         return lr * (self.d_head / scale[:, 0, None, None]), lr * (self.hidden / scale[:, 1, None, None])
 
-    def _recur(self, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor], state: State) -> tuple[Tensor, State]:
-        """One token: q, k, v (B, H, d), gates (B, H) each -> (y_t (B, H, d), new state)."""
-        memory, momentum = state[:2], state[2:]
-        w1, w2 = self._weights(memory)
-        grad1, grad2, error = memory_gradient(w1, w2, k, v, self.loss, gates.get("delta"))
-        lr = gates["lr"]  # (B, H)
-        if self.loss == "lp":
-            lr = lr * lp_step_bound(error)
+    def _update(self, memory: State, momentum: State, grad1: Tensor, grad2: Tensor, lr: Tensor,
+                gates: dict[str, Tensor]) -> tuple[State, State]:
+        """S_t and W_t of one token from its gradient (B, H, ·, ·) and step θ_t (B, H)."""
         lr1, lr2 = self._learning_rates(lr)
         change = (-lr1 * grad1, -lr2 * grad2)  # S_t without momentum
         if self.momentum:
@@ -280,22 +297,136 @@ class Titans(Mixer):
             memory = tuple(keep * m + c for m, c in zip(memory, change))
         else:  # the exponent gets +S_t for W⁺ and −S_t for W⁻
             memory = tuple(F.log_softmax(keep * m + torch.cat([c, -c], dim=-1), dim=-1) for m, c in zip(memory, change))
-        y, _, _ = memory_forward(*self._weights(memory), q)
-        return y, memory + (change if self.momentum else ())
+        return memory, (change if self.momentum else ())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _recur(self, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor], state: State,
+               start: State | None = None) -> tuple[Tensor, State]:
+        """One token: q, k, v (B, H, d), gates (B, H) each -> (y_t (B, H, d), new memory + momentum).
+        The gradient is taken at the memory `start` (the chunk's start), by default the current one."""
+        memory, momentum = state[:2], state[2:4] if self.momentum else ()
+        w1, w2 = self._weights(memory if start is None else start)
+        grad1, grad2, error = memory_gradient(w1, w2, k, v, self.loss, gates.get("delta"))
+        lr = gates["lr"]  # (B, H)
+        if self.loss == "lp":
+            lr = lr * lp_step_bound(error)
+        memory, momentum = self._update(memory, momentum, grad1, grad2, lr, gates)
+        y, _, _ = memory_forward(*self._weights(memory), q)
+        return y, memory + momentum
+
+    def _token(self, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor], state: State) -> tuple[Tensor, State]:
+        """One token of the (chunked) recurrence, carrying the chunk-start memory and the position."""
+        if self.chunk == 1:
+            return self._recur(q, k, v, gates, state)
+        size = 4 if self.momentum else 2
+        current, start, position = state[:size], state[size : size + 2], state[-1]
+        if position == 0:  # a chunk starts: its gradients are taken at the memory now
+            start = current[:2]
+        y, current = self._recur(q, k, v, gates, current, start)
+        return y, current + tuple(start) + ((position + 1) % self.chunk,)
+
+    def reference(self, x: Tensor) -> Tensor:
+        """The recurrence one token at a time, as `step` runs it (the forward pass when chunk = 1)."""
         B, T, D = x.shape
         q, k, v, gates = self._project(x)
         state = self.init_state(B)
         outputs = []
         for t in range(T):
-            y, state = self._recur(q[:, t], k[:, t], v[:, t], {name: g[:, t] for name, g in gates.items()}, state)
+            y, state = self._token(q[:, t], k[:, t], v[:, t], {name: g[:, t] for name, g in gates.items()}, state)
             outputs.append(y)
         return self.out(torch.stack(outputs, dim=1).reshape(B, T, D))
 
+    def forward(self, x: Tensor) -> Tensor:
+        if self.chunk == 1:
+            return self.reference(x)
+        B, T, D = x.shape
+        q, k, v, gates = self._project(x)
+        # (B, H, T, d) and (B, H, T), contiguous so that every chunk's (B·H) batched products are views
+        q, k, v = (a.transpose(1, 2).contiguous() for a in (q, k, v))
+        gates = {name: g.transpose(1, 2).contiguous() for name, g in gates.items()}
+        state = self.init_state(B)
+        memory, momentum = state[:2], None  # momentum None: zero (before the first chunk)
+        outputs = []
+        for s0 in range(0, T, self.chunk):
+            s1 = min(s0 + self.chunk, T)
+            chunk = self._chunk_l2 if self.retention == "l2" else self._chunk_kl
+            y, memory, momentum = chunk(
+                q[:, :, s0:s1], k[:, :, s0:s1], v[:, :, s0:s1], {name: g[..., s0:s1] for name, g in gates.items()},
+                memory, momentum, last=s1 == T,
+            )
+            outputs.append(y)
+        return self.out(torch.cat(outputs, dim=2).transpose(1, 2).reshape(B, T, D))
+
+    # ------------------------------------------------------------ the chunked form
+
+    def _chunk_gradients(self, w1: Tensor, w2: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor]):
+        """The closed-form gradients of a chunk's tokens, all at the chunk-start weights w1 (B, H, n, d),
+        w2 (B, H, d, n); k, v (B, H, L, d).  ∇_{W1} ℓ_i = u_i k_iᵀ and ∇_{W2} ℓ_i = ψ_i h_iᵀ are
+        returned as their factors h, u (B, H, L, n), ψ (B, H, L, d), with the steps θ'_i (B, H, L)."""
+        z = k @ w1.transpose(-1, -2)  # (B, H, L, n)
+        h = F.silu(z)
+        error = k + h @ w2.transpose(-1, -2) - v  # (B, H, L, d)
+        psi = loss_derivative(error, self.loss, gates.get("delta"))
+        u = (psi @ w2) * silu_derivative(z)  # (W2ᵀ ψ) ⊙ σ'(z)
+        lr = gates["lr"]
+        if self.loss == "lp":
+            lr = lr * lp_step_bound(error)
+        return h, psi, u, lr
+
+    def _chunk_l2(self, q, k, v, gates, memory, momentum, last):
+        """One chunk of the l2-retention memory in its dual form (module docstring, "Chunks")."""
+        w1, w2 = memory
+        h, psi, u, lr = self._chunk_gradients(w1, w2, k, v, gates)
+        decay = segment_products(gates["log_keep"])  # D (B, H, L, L)
+        keep = gates["log_keep"].cumsum(-1).exp()  # A (B, H, L)
+        if self.momentum:
+            eta = segment_products(gates["log_momentum"])  # N (B, H, L, L)
+            coef = decay @ eta  # K = D N
+            if momentum is not None:
+                carried = gates["log_momentum"].cumsum(-1).exp()  # E (B, H, L)
+                carry = (decay @ carried[..., None])[..., 0]  # γ = D E
+        else:
+            coef = decay
+        coef = coef * lr[..., None, :]  # K[i, s] θ'_s
+        z = keep[..., None] * (q @ w1.transpose(-1, -2)) - ((q @ k.transpose(-1, -2)) * coef) @ u
+        if momentum is not None:
+            z = z + carry[..., None] * (q @ momentum[0].transpose(-1, -2))
+        hq = F.silu(z)  # (B, H, L, n)
+        y = q + keep[..., None] * (hq @ w2.transpose(-1, -2)) - ((hq @ h.transpose(-1, -2)) * coef) @ psi
+        if momentum is not None:
+            y = y + carry[..., None] * (hq @ momentum[1].transpose(-1, -2))
+        if last:
+            return y, None, None
+        # the memory (and momentum) at the chunk's end, for the next chunk
+        end = coef[..., -1, :, None]  # (B, H, L, 1)
+        a = keep[..., -1, None, None]
+        memory = (a * w1 - (u * end).transpose(-1, -2) @ k, a * w2 - (psi * end).transpose(-1, -2) @ h)
+        if self.momentum:
+            end = (eta[..., -1, :] * lr)[..., None]  # N[L, s] θ'_s
+            new = (-(u * end).transpose(-1, -2) @ k, -(psi * end).transpose(-1, -2) @ h)
+            if momentum is not None:
+                memory = tuple(m + carry[..., -1, None, None] * s for m, s in zip(memory, momentum))
+                e = carried[..., -1, None, None]
+                new = tuple(e * s + n for s, n in zip(momentum, new))
+            momentum = new
+        return y, memory, momentum
+
+    def _chunk_kl(self, q, k, v, gates, memory, momentum, last):
+        """One chunk of the kl-retention memory: the gradients batched at the chunk start, then the
+        per-token mirror steps (the row softmax of each token keeps them sequential)."""
+        h, psi, u, lr = self._chunk_gradients(*self._weights(memory), k, v, gates)
+        if self.momentum and momentum is None:
+            momentum = tuple(torch.zeros_like(w) for w in self._weights(memory))
+        outputs = []
+        for i in range(q.shape[2]):
+            grad1 = u[:, :, i, :, None] * k[:, :, i, None, :]
+            grad2 = psi[:, :, i, :, None] * h[:, :, i, None, :]
+            memory, momentum = self._update(memory, momentum or (), grad1, grad2, lr[..., i], {name: g[..., i] for name, g in gates.items()})
+            outputs.append(memory_forward(*self._weights(memory), q[:, :, i])[0])
+        return torch.stack(outputs, dim=2), memory, momentum or None
+
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         q, k, v, gates = self._project(x[:, None])
-        y, state = self._recur(q[:, 0], k[:, 0], v[:, 0], {name: g[:, 0] for name, g in gates.items()}, state)
+        y, state = self._token(q[:, 0], k[:, 0], v[:, 0], {name: g[:, 0] for name, g in gates.items()}, state)
         return self.out(y.reshape(x.shape[0], self.d_model)), state
 
     # ------------------------------------------------------------ costs
