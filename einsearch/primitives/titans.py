@@ -87,10 +87,43 @@ a weight that underflows to 0 would give log 0).  ∇ℓ is taken w.r.t. W itsel
 
 The initial memory (W1, W2, or the initial logits of W± for kl) is a learned parameter per head.
 
-`forward` is the exact token-by-token recurrence (a loop over t, every operation batched over
-batch and heads); `step` is one iteration of it.  Titans' chunked training form, which takes all
-gradients of a chunk at the memory of the chunk start, is a different recurrence and is not
-implemented, so there is no separate `reference`.
+Chunks (``chunk=C``; Titans §3.2, "Parallelize the Long-term Memory Training").  Absent or 1:
+the recurrence above, one gradient step per token, computed token by token.  With C > 1 the
+sequence is cut into chunks of C tokens (the last one shorter when C does not divide T) and every
+gradient of a chunk is taken at the memory of the chunk's start, W_0 (mini-batch gradient
+descent); momentum, retention and the outputs stay per token.  For the tokens i = 1..L of a chunk:
+
+    g_i = ∇_W ℓ(M_{W_0}(k_i), v_i)                         (θ'_i: lp's bound uses e_i at W_0 too)
+    S_i = η_i S_{i−1} − θ'_i g_i,   W_i = (1 − α_i) W_{i−1} + S_i     (kl: W±_i as above, with S_i)
+    y_i = M_{W_i}(q_i)
+
+with S_0, W_0 carried from the previous chunk.  These are linear recurrences in (W, S), so with
+a_i = 1 − α_i, A_i = Π_{l≤i} a_l, E_i = Π_{l≤i} η_l, D[i, j] = Π_{j<l≤i} a_l and
+N[j, s] = Π_{s<l≤j} η_l (for j ≥ s, else 0; computed as exp of segment sums of log a and log η,
+never as ratios of cumulative products):
+
+    S_i = E_i S_0 − Σ_{s≤i} N[i, s] θ'_s g_s
+    W_i = A_i W_0 + γ_i S_0 − Σ_{s≤i} K[i, s] θ'_s g_s,   γ = D E,  K = D N   (no momentum: γ = 0, K = D)
+
+and, as each g_s is rank one (∇_{W1} = u_s k_sᵀ with u_s = (W2ᵀψ_s) ⊙ σ'(z_s), ∇_{W2} = ψ_s h_sᵀ,
+all at W_0), the outputs never need W_i itself (the dual form, as in TTT's and Titans' parallel
+training):
+
+    W1_i q_i  = A_i W1_0 q_i + γ_i S1_0 q_i − Σ_{s≤i} K[i, s] θ'_s (k_s · q_i) u_s  =: z'_i
+    W2_i h'_i = A_i W2_0 h'_i + γ_i S2_0 h'_i − Σ_{s≤i} K[i, s] θ'_s (h_s · h'_i) ψ_s,   h'_i = σ(z'_i)
+    y_i = q_i + W2_i h'_i
+
+— batched matrix products over the chunk, like a chunk of linear attention; the memory at the
+chunk's end (W_L, S_L from the rows i = L above) is two (four with momentum) products of the
+chunk's u, k, ψ, h.  kl retention (Memora) takes a row softmax after every token, which the dual
+form cannot pass through: its gradients are batched at W_0 the same way, and the per-token mirror
+steps then run in a loop over the chunk.
+
+`forward` is the token loop for chunk 1 and the chunked form otherwise; `reference` is the token
+loop for any chunk (the gradient of each token at the chunk-start memory, as `step` computes it),
+which the contract compares with `forward` in outputs and gradients.  `step` carries the memory,
+the momentum and, chunked, the chunk-start memory and the position in the chunk (an int), so
+step == forward for every T.
 """
 
 from __future__ import annotations
@@ -186,7 +219,8 @@ class Titans(Mixer):
     """Titans' neural memory with Miras' attentional biases and retentions (see the module docstring).
 
     State per sequence: the memory (W1, W2), or for kl the row-normalised log-weights of
-    [W1⁺ | W1⁻] and [W2⁺ | W2⁻], plus the momentum (S1, S2) when momentum is on; all per head,
+    [W1⁺ | W1⁻] and [W2⁺ | W2⁻], plus the momentum (S1, S2) when momentum is on, and with
+    chunk > 1 the memory at the chunk's start and the position in the chunk; all per head,
     independent of the sequence length.
     """
 
@@ -435,15 +469,42 @@ class Titans(Mixer):
         """Per token: the projections (q, k, v, out, gates) and, per head with m = n·d weights per
         layer, M on k (2m MACs), the backward (W2ᵀψ, ψhᵀ, (·)kᵀ: 3m MACs), the update (counted as
         one MAC per entry updated: the momentum equation 2m, the retention equation 2m, or 4m for
-        kl, whose state holds W⁺ and W⁻) and M on q (2m MACs)."""
+        kl, whose state holds W⁺ and W⁻) and M on q (2m MACs).  The chunked l2 form (chunk > 1)
+        is counted as it computes, chunk by chunk (`_chunked_memory_macs`); the chunked kl form
+        does the per-token work, its gradients batched."""
         m = self.hidden * self.d_head
+        projections = 4 * self.d_model**2 + self.d_model * self.heads * len(self.gate_names)
+        if self.chunk > 1 and self.retention == "l2":
+            return 2.0 * (projections * seq_len + self.heads * self._chunked_memory_macs(seq_len))
         retention = 4 * m if self.retention == "kl" else 2 * m
         momentum = 2 * m if self.momentum else 0
         memory = self.heads * (2 * m + 3 * m + momentum + retention + 2 * m)
-        projections = 4 * self.d_model**2 + self.d_model * self.heads * len(self.gate_names)
         return 2.0 * (projections + memory) * seq_len
 
+    def _chunked_memory_macs(self, seq_len: int) -> int:
+        """MACs of the dual form per head over a sequence (see `_chunk_l2`): per chunk of L tokens,
+        the gradients at the chunk start (z, M(k), W2ᵀψ: 3Lm), the coefficients (K = D N: L³,
+        γ = D E: L²), the outputs (W1 q and W2 h': 2Lm, and S1 q, S2 h' once momentum is carried:
+        2Lm) and the in-chunk attention (q·k, h'·h: L²(d + n); their sums of u and ψ: L²(n + d));
+        and, but for the last chunk, the memory at its end (Σ u kᵀ, Σ ψ hᵀ: 2Lm, decay 2m; the
+        momentum likewise, and γ S, E S: 4m once momentum is carried)."""
+        m, d, n, C = self.hidden * self.d_head, self.d_head, self.hidden, self.chunk
+        total = 0
+        for start in range(0, seq_len, C):
+            L = min(C, seq_len - start)
+            carried = self.momentum and start > 0  # momentum is zero before the first chunk
+            total += 3 * L * m + (L**3 if self.momentum else 0) + (L**2 if carried else 0)
+            total += (4 if carried else 2) * L * m + 2 * L**2 * (d + n)
+            if start + L < seq_len:
+                total += 2 * L * m + 2 * m
+                if self.momentum:
+                    total += 2 * L * m + (4 * m if carried else 0)
+        return total
+
     def state_size(self, seq_len: int) -> int:
+        """The memory and momentum; chunked (chunk > 1), also the memory of the chunk's start,
+        where the chunk's gradients are taken."""
         weights = 2 * self.heads * self.hidden * self.d_head  # W1 and W2
         memory = 2 * weights if self.retention == "kl" else weights  # kl holds W⁺ and W⁻
-        return memory + (weights if self.momentum else 0)
+        start = memory if self.chunk > 1 else 0
+        return memory + start + (weights if self.momentum else 0)

@@ -65,6 +65,29 @@ class TestHuberKLNoMomentum(PrimitiveContract):
     constant_state = True
 
 
+# The chunked (mini-batch) form: T = 13 is not a multiple of any of these chunks.  `reference` is
+# the token loop with each gradient at the chunk-start memory, so the contract also compares the
+# chunked forward with it (outputs, input and parameter gradients).
+class TestTitansChunk4(PrimitiveContract):
+    arch = "mem(titans, heads=2, loss=l2, retention=l2, momentum=true, chunk=4)"
+    constant_state = True
+
+
+class TestMonetaChunk5(PrimitiveContract):
+    arch = "mem(titans, heads=1, loss=lp, retention=l2, momentum=false, chunk=5)"
+    constant_state = True
+
+
+class TestYaadChunk3(PrimitiveContract):
+    arch = "mem(titans, heads=2, loss=huber, retention=l2, momentum=true, chunk=3)"
+    constant_state = True
+
+
+class TestMemoraChunk4(PrimitiveContract):
+    arch = "mem(titans, heads=2, loss=l2, retention=kl, momentum=true, chunk=4)"
+    constant_state = True
+
+
 # ---------------------------------------------------------------- the closed-form gradient
 
 
@@ -126,8 +149,13 @@ def test_huber_case_exercises_both_branches():
 def naive_titans(module, x):
     """The module's output computed from the published recurrence, one sequence, one head and one
     token at a time, with g_t from torch.autograd (for kl, on the nonnegative weights W⁺ and W⁻
-    themselves, the MLP using W = W⁺ − W⁻; each gets its own momentum)."""
+    themselves, the MLP using W = W⁺ − W⁻; each gets its own momentum).
+
+    With chunk C > 1, Titans' mini-batch gradient descent (§3.2): the tokens are taken in chunks
+    of C, every gradient of a chunk at the weights of the chunk's start, momentum and retention
+    still applied token by token."""
     B, T, D = x.shape
+    C = module.chunk
     H, d, n = module.heads, module.d_head, module.hidden
     q, k, v = module.qkv(x).view(B, T, 3, H, d).unbind(2)
     q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
@@ -154,9 +182,11 @@ def naive_titans(module, x):
                 return mlp_memory(weights[0] - weights[1], weights[2] - weights[3], key)
 
             for t in range(T):
-                error = memory(weights, k[b, t, h]) - v[b, t, h]
+                if t % C == 0:  # a chunk starts: its gradients are taken at these weights
+                    start = list(weights)
+                error = memory(start, k[b, t, h]) - v[b, t, h]
                 scale = delta[b, t, h] if delta is not None else None
-                grads = torch.autograd.grad(attentional_bias(error, module.loss, scale), weights, create_graph=True)
+                grads = torch.autograd.grad(attentional_bias(error, module.loss, scale), start, create_graph=True)
                 step = theta[b, t, h]
                 if module.loss == "lp":  # Moneta's step, no longer than the l2 one
                     step = step / torch.clamp(error.abs().max(), min=1.0)
@@ -181,19 +211,22 @@ def naive_titans(module, x):
     return module.out(y.reshape(B, T, D))
 
 
+@pytest.mark.parametrize("chunk", ["", ", chunk=3", ", chunk=4", ", chunk=8"])  # 8 > T: one chunk
 @pytest.mark.parametrize(
     "arch",
     [
-        "mem(titans, heads=2, loss=l2, retention=l2, momentum=true)",
-        "mem(titans, heads=1, loss=lp, retention=l2, momentum=false)",
-        "mem(titans, heads=2, loss=huber, retention=l2, momentum=true)",
-        "mem(titans, heads=2, loss=l2, retention=kl, momentum=true)",
-        "mem(titans, heads=2, loss=huber, retention=kl, momentum=false)",
+        "mem(titans, heads=2, loss=l2, retention=l2, momentum=true{})",
+        "mem(titans, heads=1, loss=lp, retention=l2, momentum=false{})",
+        "mem(titans, heads=2, loss=huber, retention=l2, momentum=true{})",
+        "mem(titans, heads=2, loss=l2, retention=kl, momentum=true{})",
+        "mem(titans, heads=2, loss=huber, retention=kl, momentum=false{})",
     ],
 )
-def test_forward_matches_the_published_recurrence(arch):
+def test_forward_matches_the_published_recurrence(arch, chunk):
+    """Outputs and parameter gradients against `naive_titans`, per token and in chunks (T = 7: a
+    chunk of 3 or 4 leaves a partial last chunk)."""
     torch.manual_seed(0)
-    module = einsearch.build(arch, 8).double()
+    module = einsearch.build(arch.format(chunk), 8).double()
     with torch.no_grad():  # livelier gates than at initialisation, so every term matters
         module.gates.bias.add_(torch.randn(module.gates.bias.shape, dtype=torch.float64))
         module.gates.weight.mul_(5)
@@ -435,3 +468,47 @@ def test_kl_costs_counted_by_hand():
     assert costs.state_size == 2 * 6 * 128
     _, largest = run_steps(module, torch.randn(1, 3, 16))
     assert largest == 2 * 6 * 128
+
+
+def test_chunked_costs_counted_by_hand():
+    """chunk=4, d_model 16, 2 heads (d = 8, n = 16, m = 128), T = 10: chunks of 4, 4 and 2 tokens.
+    Per head, per chunk of L (see `Titans._chunked_memory_macs`): gradients 3Lm, K = D N L³,
+    γ = D E L² (once momentum is carried), outputs 2Lm (+2Lm carried), in-chunk attention
+    2L²(d + n); not last: W_end 2Lm + 2m, S_end 2Lm (+4m carried).
+    chunk 1: 1536 + 64 + 1024 + 768 + 1280 + 1024 = 5696;
+    chunk 2: 1536 + 64 + 16 + 2048 + 768 + 1280 + 1024 + 512 = 7248;
+    chunk 3 (last): 768 + 8 + 4 + 1024 + 192 = 1996.  Two heads: 29880; projections 10·1120.
+    State: W1, W2, S1, S2 and the chunk-start W1, W2: 6·128 per head."""
+    module = einsearch.build("mem(titans, heads=2, loss=l2, retention=l2, momentum=true, chunk=4)", 16)
+    assert module.flops(10) == 2 * (10 * 1120 + 29880)
+    assert module.state_size(10) == 2 * 6 * 128
+    kl = einsearch.build("mem(titans, heads=2, loss=l2, retention=kl, momentum=true, chunk=4)", 16)
+    per_token = einsearch.build("mem(titans, heads=2, loss=l2, retention=kl, momentum=true)", 16)
+    assert kl.flops(10) == per_token.flops(10)  # the same work, its gradients batched
+    assert kl.state_size(10) == per_token.state_size(10) + 2 * 4 * 128  # + the chunk-start W±
+
+
+@pytest.mark.parametrize("arch", ["mem(titans, heads=2, loss=l2, retention=l2, momentum=true{})",
+                                  "mem(titans, heads=2, loss=huber, retention=kl, momentum=false{})"])
+def test_chunk_1_is_the_per_token_form_bit_for_bit(arch):
+    x = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for chunk in ("", ", chunk=1"):
+        torch.manual_seed(0)
+        module = einsearch.build(arch.format(chunk), 16)
+        y = module(x)
+        outputs.append((y, torch.autograd.grad(y.square().sum(), list(module.parameters()))))
+    assert torch.equal(outputs[0][0], outputs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(outputs[0][1], outputs[1][1]))
+    assert einsearch.parse(arch.format(", chunk=1")).text.endswith("chunk=1)")  # written as given
+
+
+def test_chunked_form_differs_from_the_per_token_form():
+    """The mini-batch gradient is a different recurrence (not a rounding of the same one)."""
+    x = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for chunk in ("", ", chunk=4"):
+        torch.manual_seed(0)
+        outputs.append(einsearch.build(f"mem(titans, heads=2, loss=l2, retention=l2, momentum=true{chunk})", 16)(x))
+    torch.testing.assert_close(outputs[0][:, :1], outputs[1][:, :1])  # the first token: the same step
+    assert (outputs[0] - outputs[1]).abs().max() > 1e-3
