@@ -271,7 +271,7 @@ def run_command(
     task: Annotated[str, typer.Option(help="Task with options (see `einsearch tasks`).")] = "mqar",
     strategy: Annotated[str, typer.Option(help="random | evolution | tpe | nsga2.")] = "evolution",
     seed_arch: Annotated[list[str] | None, typer.Option("--seed-arch", help="Seed name or architecture text to start from (repeatable).")] = None,
-    trials: Annotated[int | None, typer.Option(help="Total evaluations (with --resume: the new total).", min=1)] = None,
+    trials: Annotated[int | None, typer.Option(help="Candidates to train (with --resume: the new total); duplicates and candidates over a --max-* limit are recorded but not counted.", min=1)] = None,
     time_budget: Annotated[str | None, typer.Option(help="Wall clock for the whole search, e.g. 90s, 30m, 2h.")] = None,
     trial_budget: Annotated[str | None, typer.Option(help="Each candidate's full training budget in optimiser steps (e.g. 1500steps), never seconds (default: the task's search budget, see `einsearch tasks`).")] = None,
     time_limit: Annotated[float | None, typer.Option(help="Seconds before a candidate fails as timeout: a safety limit, not a budget (default: 1 s per step of the trial budget + 60 s).", min=0)] = None,

@@ -19,7 +19,7 @@ class RunConfig:
     space: str = "full"  # a built-in space name or a path to a space file
     strategy: str = "evolution"  # random | evolution | tpe | nsga2
     seed_archs: tuple[str, ...] = ()  # seed names or architecture texts that start the search
-    trials: int = 12  # total evaluations (trained, failed, rejected and reused alike)
+    trials: int = 12  # candidates trained (or failed trying); duplicates and those over a constraint are recorded, not counted
     time_budget: float | None = None  # seconds of wall clock for the whole search
     trial_budget: str = "600steps"  # each candidate's full training budget, in optimiser steps (never seconds); the CLI's default is the task's `trial_budget`
     time_limit: float | None = None  # seconds before a candidate fails as "timeout" (default: `candidate_time_limit`)

@@ -43,6 +43,10 @@ from einsearch.tasks.mad import MAD
 from einsearch.limits import train_limited
 from einsearch.train import TrainConfig, TrainResult
 
+# A search gives up when its strategy has made this many proposals per trial asked for (the rest
+# duplicates of trained ones or over a constraint): the space under its limits is used up.
+PROPOSALS_PER_TRIAL = 10
+
 COST_KEYS = {"params": "params", "flops": "flops_per_token", "state": "state_size"}
 
 
@@ -106,7 +110,7 @@ class Search:
         self.strategy = make_strategy(config.strategy, self.space, config.seed, self.seeds, self.maximize)
         self.records: list[TrialRecord] = []
         self.running: dict[int, tuple[Job, optuna.Trial]] = {}
-        self.trained: dict[str, TrialRecord] = {}  # `equivalence` key -> the trial that trained it
+        self.known: dict[str, TrialRecord] = {}  # `equivalence` key -> the trial that trained it
         self.elapsed_before = 0.0
         self.clock_start = time.monotonic()
         self._best_written: int | None = None  # the trial whose files are in best/
@@ -124,7 +128,7 @@ class Search:
         self.study = self.folder.study(self.config.storage, directions, self.strategy.sampler(self.config.seed), name=name)
         self.records = self._reconcile(self.folder.trials())
         self.strategy.replay(self.records)
-        self.trained = {self.equivalence(parse(r.arch)): r for r in self.records if r.reused_from is None and r.status in ("ok", "failed", "stopped")}
+        self.known = {self.equivalence(parse(r.arch)): r for r in self.records if r.reused_from is None and r.status in ("ok", "failed", "stopped")}
         self.elapsed_before = max((r.finished_at for r in self.records), default=0.0)
         self.clock_start = time.monotonic()
         if len(self.ladder) > 1 and self.config.executor == "inline":  # Ray Tune's scheduler decides on Ray
@@ -187,9 +191,17 @@ class Search:
     def remaining_time(self) -> float | None:
         return None if self.config.time_budget is None else max(0.0, self.config.time_budget - self.elapsed)
 
+    @property
+    def counted(self) -> int:
+        """Trials that count towards `RunConfig.trials`: those trained (or failed trying), not the
+        proposals that reused an earlier result or were rejected by a constraint."""
+        return sum(r.reused_from is None and r.status != "rejected" for r in self.records)
+
     def can_start(self) -> bool:
-        if len(self.records) + len(self.running) >= self.config.trials:
+        if self.counted + len(self.running) >= self.config.trials:
             return False
+        if len(self.records) + len(self.running) >= PROPOSALS_PER_TRIAL * self.config.trials:
+            return False  # the strategy keeps proposing what is known or over a limit: give up
         return self.remaining_time is None or self.remaining_time > 0
 
     @property
@@ -207,7 +219,7 @@ class Search:
         while self.can_start():
             trial, origin = self.strategy.ask(self.study)
             arch = suggest(trial, self.space)
-            previous = self.trained.get(self.equivalence(arch))
+            previous = self.known.get(self.equivalence(arch))
             if previous is not None:
                 self._record(trial, arch, origin, reused=previous)
                 continue
@@ -388,7 +400,7 @@ class Search:
         self.folder.append(record)
         self.records.append(record)
         if reused is None and status in ("ok", "failed", "stopped"):
-            self.trained[self.equivalence(arch)] = record
+            self.known[self.equivalence(arch)] = record
         self.strategy.observe(record)
         self._keep_best_weights()
         return record

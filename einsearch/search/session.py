@@ -48,8 +48,8 @@ class ProgressView:
         lines = [
             Text(f"{s.folder.path}  ·  {c.strategy} on {c.space}  ·  task {s.task.spec}", style="bold"),
             Text(
-                f"trials {len(s.records)}/{c.trials} done: {counts['ok']} ok, {counts['failed']} failed, "
-                f"{counts['rejected']} rejected, {counts['stopped']} stopped, {reused} reused  ·  {len(s.running)} running"
+                f"trials {s.counted}/{c.trials} done: {counts['ok']} ok, {counts['failed']} failed, {counts['stopped']} stopped"
+                f"  ·  not counted: {counts['rejected']} rejected, {reused} reused  ·  {len(s.running)} running"
             ),
             *([Text(rung_line(s))] if len(s.ladder) > 1 else []),
             Text(

@@ -77,19 +77,21 @@ def test_failures_are_recorded_and_the_search_goes_on(tmp_path):
     assert records[einsearch.parse(slow).text].reason == "timeout"
 
 
-def test_duplicates_are_not_trained_twice(tmp_path):
-    outcome, folder = run(tmp_path, strategy="evolution", trials=3, seed_archs=("res(conv(k=2))",) * 3)
-    first, *rest = assert_consistent(folder, 3)
+def test_duplicates_are_not_trained_twice_nor_counted(tmp_path):
+    outcome, folder = run(tmp_path, strategy="evolution", trials=2, seed_archs=("res(conv(k=2))",) * 3)
+    first, second, third, fourth = sorted(assert_consistent(folder, 4), key=lambda r: r.number)
     assert first.reused_from is None and first.steps > 0
-    for r in rest:
+    for r in (second, third):
         assert r.reused_from == first.number and r.metrics == first.metrics and r.steps == 0
+    assert fourth.reused_from is None and fourth.steps > 0 and fourth.arch != first.arch  # the second trial asked for
+    assert outcome.search.counted == 2
 
 
 def test_an_architecture_equal_at_the_tasks_length_reuses_the_result(tmp_path):
     # a window of 4 changes nothing on 4 tokens (at_length) and matters on TINY_TASK's 16
     full, windowed = "res(attn(softmax, heads=2, pos=none))", "res(attn(softmax, heads=2, window=4, pos=none))"
     outcome, folder = run(tmp_path, strategy="evolution", trials=2, seed_archs=(full, windowed), task=TINY_TASK.replace("seq_len=16,pairs=2", "seq_len=4,pairs=1"))
-    first, second = assert_consistent(folder, 2)
+    first, second, _ = sorted(assert_consistent(folder, 3), key=lambda r: r.number)  # the reuse is not counted
     assert first.arch == full and second.arch == windowed  # each recorded as proposed ...
     assert second.reused_from == first.number and second.metrics == first.metrics and second.steps == 0  # ... trained once
     outcome, folder = run(tmp_path, name="longer", strategy="evolution", trials=2, seed_archs=(full, windowed))
@@ -98,12 +100,21 @@ def test_an_architecture_equal_at_the_tasks_length_reuses_the_result(tmp_path):
 
 def test_cheap_constraints_reject_without_training(tmp_path):
     big = "res(mlp(expand=2, act=gelu))"
-    outcome, folder = run(tmp_path, strategy="evolution", trials=2, seed_archs=(big, "res(shift())"), max_params=1500)
-    records = {r.arch: r for r in assert_consistent(folder, 2)}
+    outcome, folder = run(tmp_path, strategy="evolution", trials=1, seed_archs=(big, "res(shift())"), max_params=1500)
+    records = {r.arch: r for r in assert_consistent(folder, 2)}  # a rejection is recorded, not counted
     rejected = records[big]
     assert rejected.status == "rejected" and "params" in rejected.reason and rejected.steps == 0
     assert rejected.costs["params"] > 1500
     assert records["res(shift())"].status == "ok"
+
+
+def test_a_search_that_proposes_only_what_it_may_not_train_gives_up(tmp_path):
+    from einsearch.search.run import PROPOSALS_PER_TRIAL
+
+    outcome, folder = run(tmp_path, strategy="random", trials=2, max_params=1)  # every block of the space has more
+    records = assert_consistent(folder, 2 * PROPOSALS_PER_TRIAL)
+    assert outcome.completed and outcome.search.counted == 0
+    assert all(r.status == "rejected" and r.costs["params"] > 1 for r in records)
 
 
 def test_interrupted_run_resumes_to_the_requested_count(tmp_path, monkeypatch):
