@@ -4,7 +4,9 @@ Some parameters change nothing on sequences no longer than a length: softmax att
 ``window`` of at least T sees every earlier token anyway (key > query - window holds for all
 key <= query < T), and a ``chunk`` of at least T puts the whole sequence in one chunk.  At T they
 are the same model, with the same parameters, the same initialisation from the same seed, and the
-same training run — so a search need not train both.
+same training run — so a search need not train both.  Likewise a parameter written at the value
+that means the same as leaving it out (``mem(titans, ..., chunk=1)``: one token per chunk is the
+per-token form).
 
     at_length(parse("attn(softmax, heads=4, window=64, pos=rope)"), 64).text
     # 'attn(softmax, heads=4, pos=rope)'
@@ -24,14 +26,22 @@ __all__ = ["at_length"]
 SPANS: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("attn", "softmax"): ("window", "chunk"),
 }
+# (op, variant) -> {parameter: the value that means the same as leaving it out}
+ABSENT: dict[tuple[str, str | None], dict[str, int]] = {
+    ("mem", "titans"): {"chunk": 1},
+}
 
 
 def at_length(arch: Arch, tokens: int) -> Arch:
     """`arch` with every parameter that changes nothing on sequences of length <= `tokens` left
     out (see the module doc); the same tree when there is none."""
     children = tuple(at_length(child, tokens) for child in arch.children)
-    spans = SPANS.get((arch.op, arch.variant), ())
-    params = tuple((name, value) for name, value in arch.params if not (name in spans and isinstance(value, int) and value >= tokens))
+    spans, absent = SPANS.get((arch.op, arch.variant), ()), ABSENT.get((arch.op, arch.variant), {})
+    params = tuple(
+        (name, value)
+        for name, value in arch.params
+        if not (name in spans and isinstance(value, int) and value >= tokens) and absent.get(name, object()) != value
+    )
     if children == arch.children and params == arch.params:
         return arch
     return Arch(arch.op, arch.variant, params, children)

@@ -56,7 +56,7 @@ ALPHA = 0.05  # a candidate wins only with a better mean and Welch's p below thi
 # The zoo seeds every run on a task is compared with (besides its own --seed-arch ones): the
 # strongest published mixers for the task's kind. Names missing from the zoo are skipped.
 REFERENCE_SEEDS: dict[str, tuple[str, ...]] = {
-    "lorenz96": ("transformer", "gru"),
+    "lorenz96": ("transformer", "gru", "retnet"),  # retnet: the zoo's best at 1000 steps (BENCHMARKS.md, fidelity)
     "ks": ("transformer", "gru"),
     "csv": ("transformer", "linear"),
 }

@@ -31,3 +31,12 @@ def test_a_shorter_span_stays_and_other_trees_are_returned_as_they_are():
     assert at_length(arch, 9) == parse("seq(res(seq(norm(rms), attn(softmax, heads=4, window=8, pos=rope))), res(mlp(expand=2, act=gelu)))")
     other = parse("seq(rat(heads=2, chunk=64), mem(gla, heads=4))")  # rat's chunk is not a visibility span
     assert at_length(other, 9) is other
+
+
+def test_a_titans_chunk_of_one_is_the_per_token_memory():
+    text = "mem(titans, heads=2, loss=l2, retention=l2, momentum=true, chunk={c})"
+    plain = parse("mem(titans, heads=2, loss=l2, retention=l2, momentum=true)")
+    assert at_length(parse(text.format(c=1)), 9) == plain
+    assert at_length(parse(text.format(c=4)), 9) == parse(text.format(c=4))  # a real chunk stays
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(outputs(text.format(c=1), x), outputs(plain.text, x), rtol=0, atol=0)

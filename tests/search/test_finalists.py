@@ -95,7 +95,7 @@ def test_comparison_seeds_keep_the_runs_constraints():
 
 
 def test_reference_seeds_by_kind_of_task():
-    assert fin.reference_seeds(get_task("lorenz96")) == ("transformer", "gru")
+    assert fin.reference_seeds(get_task("lorenz96")) == ("transformer", "gru", "retnet")
     assert fin.reference_seeds(get_task("ks")) == ("transformer", "gru")
     assert fin.reference_seeds(get_task("csv:x.csv")) == ("transformer",) + (("linear",) if "linear" in zoo else ())
 
