@@ -266,7 +266,8 @@ class Titans(Mixer):
         """x (B, T, D) -> q, k, v (B, T, H, d) with q, k unit-norm, and each gate (B, T, H)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.d_head).unbind(2)
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        # (contiguous first: the same values, but normalising a strided view is twice as slow, backward included)
+        q, k = F.normalize(q.contiguous(), dim=-1), F.normalize(k.contiguous(), dim=-1)
         raw = self.gates(x).view(B, T, self.heads, len(self.gate_names))
         gates = {}
         for i, name in enumerate(self.gate_names):
@@ -374,31 +375,19 @@ class Titans(Mixer):
             return self.reference(x)
         B, T, D = x.shape
         q, k, v, gates = self._project(x)
-        # (B, H, T, d) and (B, H, T), contiguous so that every chunk's (B·H) batched products are views
-        q, k, v = (a.transpose(1, 2).contiguous() for a in (q, k, v))
-        gates = {name: g.transpose(1, 2).contiguous() for name, g in gates.items()}
-        state = self.init_state(B)
-        memory, momentum = state[:2], None  # momentum None: zero (before the first chunk)
-        outputs = []
-        for s0 in range(0, T, self.chunk):
-            s1 = min(s0 + self.chunk, T)
-            chunk = self._chunk_l2 if self.retention == "l2" else self._chunk_kl
-            y, memory, momentum = chunk(
-                q[:, :, s0:s1], k[:, :, s0:s1], v[:, :, s0:s1], {name: g[..., s0:s1] for name, g in gates.items()},
-                memory, momentum, last=s1 == T,
-            )
-            outputs.append(y)
-        return self.out(torch.cat(outputs, dim=2).transpose(1, 2).reshape(B, T, D))
+        chunks = self._chunks_l2 if self.retention == "l2" else self._chunks_kl
+        y = chunks(q, k, v, gates)  # (B, H, T, d)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
 
     # ------------------------------------------------------------ the chunked form
 
     def _chunk_gradients(self, w1: Tensor, w2: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor]):
-        """The closed-form gradients of a chunk's tokens, all at the chunk-start weights w1 (B, H, n, d),
-        w2 (B, H, d, n); k, v (B, H, L, d).  ∇_{W1} ℓ_i = u_i k_iᵀ and ∇_{W2} ℓ_i = ψ_i h_iᵀ are
-        returned as their factors h, u (B, H, L, n), ψ (B, H, L, d), with the steps θ'_i (B, H, L)."""
-        z = k @ w1.transpose(-1, -2)  # (B, H, L, n)
+        """The closed-form gradients of a chunk's tokens, all at the chunk-start weights w1 (..., n, d),
+        w2 (..., d, n); k, v (..., L, d).  ∇_{W1} ℓ_i = u_i k_iᵀ and ∇_{W2} ℓ_i = ψ_i h_iᵀ are
+        returned as their factors h, u (..., L, n), ψ (..., L, d), with the steps θ'_i (..., L)."""
+        z = k @ w1.mT  # (..., L, n)
         h = F.silu(z)
-        error = k + h @ w2.transpose(-1, -2) - v  # (B, H, L, d)
+        error = k + h @ w2.mT - v  # (..., L, d)
         psi = loss_derivative(error, self.loss, gates.get("delta"))
         u = (psi @ w2) * silu_derivative(z)  # (W2ᵀ ψ) ⊙ σ'(z)
         lr = gates["lr"]
@@ -406,45 +395,96 @@ class Titans(Mixer):
             lr = lr * lp_step_bound(error)
         return h, psi, u, lr
 
-    def _chunk_l2(self, q, k, v, gates, memory, momentum, last):
-        """One chunk of the l2-retention memory in its dual form (module docstring, "Chunks")."""
-        w1, w2 = memory
+    def _chunks_l2(self, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor]) -> Tensor:
+        """The l2-retention memory chunk by chunk: q, k, v (B, T, H, d), gates (B, T, H) -> y (B, H, T, d)."""
+        B, T, H, d = q.shape
+
+        def by_chunk(a: Tensor) -> tuple[Tensor, ...]:
+            """(B, T, H, ...) -> chunks of (B·H, C, ...): batch and heads folded into the one batch
+            dimension of torch.bmm (contiguous), then cut along T (views; the last one shorter when C
+            does not divide T)."""
+            return a.transpose(1, 2).reshape(B * H, T, *a.shape[3:]).split(self.chunk, dim=1)
+
+        q, k, v = by_chunk(q), by_chunk(k), by_chunk(v)
+        gates = {name: by_chunk(g) for name, g in gates.items() if name in ("lr", "delta", "log_keep", "log_momentum")}
+        w1, w2 = (w.reshape(B * H, *w.shape[2:]) for w in self.init_state(B)[:2])  # (B·H, n, d), (B·H, d, n)
+        s1 = s2 = None  # the momentum: zero before the first chunk
+        outputs = []
+        for c in range(len(q)):
+            y, (w1, w2, s1, s2) = self._chunk_l2(
+                q[c], k[c], v[c], {name: g[c] for name, g in gates.items()}, w1, w2, s1, s2, last=c == len(q) - 1
+            )
+            outputs.append(y)
+        return torch.cat(outputs, dim=1).view(B, H, T, d)
+
+    def _chunk_l2(self, q, k, v, gates, w1, w2, s1, s2, last):
+        """One chunk of the l2-retention memory in its dual form (module docstring, "Chunks"), batch and
+        heads folded: q, k, v (BH, L, d), gates (BH, L) each, the chunk-start memory w1 (BH, n, d),
+        w2 (BH, d, n) and momentum s1, s2 (None: zero) -> y (BH, L, d) and the memory and momentum
+        at the chunk's end (None after the last chunk).
+
+        Written to make few passes over the (L, n) and (n, d) tensors: a sum acc + a @ b is one
+        torch.baddbmm, acc + c ⊙ b one torch.addcmul, and a per-row
+        scale of a product goes on its narrower factor (c ⊙ (a @ b) = (c ⊙ a) @ b, and d < n)."""
         h, psi, u, lr = self._chunk_gradients(w1, w2, k, v, gates)
-        decay = segment_products(gates["log_keep"])  # D (B, H, L, L)
-        keep = gates["log_keep"].cumsum(-1).exp()  # A (B, H, L)
+        decay = segment_products(gates["log_keep"])  # D (BH, L, L)
+        keep = gates["log_keep"].cumsum(-1).exp()[..., None]  # A (BH, L, 1)
+        carried = s1 is not None  # a momentum from the previous chunk (zero before the first)
         if self.momentum:
-            eta = segment_products(gates["log_momentum"])  # N (B, H, L, L)
+            eta = segment_products(gates["log_momentum"])  # N (BH, L, L)
             coef = decay @ eta  # K = D N
-            if momentum is not None:
-                carried = gates["log_momentum"].cumsum(-1).exp()  # E (B, H, L)
-                carry = (decay @ carried[..., None])[..., 0]  # γ = D E
+            if carried:
+                decayed = gates["log_momentum"].cumsum(-1).exp()[..., None]  # E (BH, L, 1)
+                carry = decay @ decayed  # γ = D E (BH, L, 1)
         else:
             coef = decay
-        coef = coef * lr[..., None, :]  # K[i, s] θ'_s
-        z = keep[..., None] * (q @ w1.transpose(-1, -2)) - ((q @ k.transpose(-1, -2)) * coef) @ u
-        if momentum is not None:
-            z = z + carry[..., None] * (q @ momentum[0].transpose(-1, -2))
-        hq = F.silu(z)  # (B, H, L, n)
-        y = q + keep[..., None] * (hq @ w2.transpose(-1, -2)) - ((hq @ h.transpose(-1, -2)) * coef) @ psi
-        if momentum is not None:
-            y = y + carry[..., None] * (hq @ momentum[1].transpose(-1, -2))
+        coef = coef * -lr[:, None, :]  # −K[i, s] θ'_s (BH, L, L): the sign on the small factor (alpha=-1
+        # in torch.baddbmm would cost a pass over every gradient of the product in the backward)
+        # z'_i = A_i W1_0 q_i + γ_i S1_0 q_i − Σ_s K[i, s] θ'_s (k_s · q_i) u_s
+        z = torch.baddbmm((keep * q) @ w1.mT, (q @ k.mT) * coef, u)  # (BH, L, n)
+        if carried:
+            z = torch.baddbmm(z, carry * q, s1.mT)
+        hq = F.silu(z)
+        # y_i = q_i + A_i W2_0 h'_i + γ_i S2_0 h'_i − Σ_s K[i, s] θ'_s (h_s · h'_i) ψ_s
+        y = torch.addcmul(q, keep, hq @ w2.mT)  # (BH, L, d)
+        if carried:
+            y = torch.addcmul(y, carry, hq @ s2.mT)
+        y = torch.baddbmm(y, (hq @ h.mT) * coef, psi)
         if last:
-            return y, None, None
-        # the memory (and momentum) at the chunk's end, for the next chunk
-        end = coef[..., -1, :, None]  # (B, H, L, 1)
-        a = keep[..., -1, None, None]
-        memory = (a * w1 - (u * end).transpose(-1, -2) @ k, a * w2 - (psi * end).transpose(-1, -2) @ h)
-        if self.momentum:
-            end = (eta[..., -1, :] * lr)[..., None]  # N[L, s] θ'_s
-            new = (-(u * end).transpose(-1, -2) @ k, -(psi * end).transpose(-1, -2) @ h)
-            if momentum is not None:
-                memory = tuple(m + carry[..., -1, None, None] * s for m, s in zip(memory, momentum))
-                e = carried[..., -1, None, None]
-                new = tuple(e * s + n for s, n in zip(momentum, new))
-            momentum = new
-        return y, memory, momentum
+            return y, (None, None, None, None)
+        # the memory at the chunk's end, W_L = A_L W_0 + γ_L S_0 − Σ_s K[L, s] θ'_s g_s: the sums of
+        # rank-one gradients are one product each, Σ_s c_s u_s k_sᵀ = uᵀ (c ⊙ k), Σ_s c_s ψ_s h_sᵀ = (c ⊙ ψ)ᵀ h
+        end = coef[:, -1, :, None]  # −K[L, s] θ'_s (BH, L, 1)
+        a = keep[:, -1, :, None]  # A_L (BH, 1, 1)
+        w1_end, w2_end = a * w1, a * w2
+        if carried:
+            gamma = carry[:, -1, :, None]  # γ_L
+            w1_end, w2_end = torch.addcmul(w1_end, gamma, s1), torch.addcmul(w2_end, gamma, s2)
+        w1_end = torch.baddbmm(w1_end, u.mT, end * k)  # (BH, n, d)
+        w2_end = torch.baddbmm(w2_end, (end * psi).mT, h)  # (BH, d, n)
+        if not self.momentum:
+            return y, (w1_end, w2_end, None, None)
+        # and the momentum, S_L = E_L S_0 − Σ_s N[L, s] θ'_s g_s
+        end = (eta[:, -1, :] * -lr)[..., None]  # −N[L, s] θ'_s (BH, L, 1)
+        s1_end, s2_end = u.mT @ (end * k), (end * psi).mT @ h
+        if carried:
+            e = decayed[:, -1, :, None]  # E_L
+            s1_end, s2_end = torch.addcmul(s1_end, e, s1), torch.addcmul(s2_end, e, s2)
+        return y, (w1_end, w2_end, s1_end, s2_end)
 
-    def _chunk_kl(self, q, k, v, gates, memory, momentum, last):
+    def _chunks_kl(self, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor]) -> Tensor:
+        """The kl-retention memory chunk by chunk: q, k, v (B, T, H, d), gates (B, T, H) -> y (B, H, T, d)."""
+        # (B, H, T, d) and (B, H, T), contiguous, cut into chunks of C tokens (views)
+        q, k, v = (a.transpose(1, 2).contiguous().split(self.chunk, dim=2) for a in (q, k, v))
+        gates = {name: g.transpose(1, 2).contiguous().split(self.chunk, dim=2) for name, g in gates.items()}
+        memory, momentum = self.init_state(q[0].shape[0])[:2], None  # momentum None: zero (before the first chunk)
+        outputs = []
+        for c in range(len(q)):
+            y, memory, momentum = self._chunk_kl(q[c], k[c], v[c], {name: g[c] for name, g in gates.items()}, memory, momentum)
+            outputs.append(y)
+        return torch.cat(outputs, dim=2)
+
+    def _chunk_kl(self, q, k, v, gates, memory, momentum):
         """One chunk of the kl-retention memory: the gradients batched at the chunk start, then the
         per-token mirror steps (the row softmax of each token keeps them sequential)."""
         h, psi, u, lr = self._chunk_gradients(*self._weights(memory), k, v, gates)
