@@ -408,7 +408,8 @@ class Titans(Mixer):
         q, k, v = by_chunk(q), by_chunk(k), by_chunk(v)
         gates = {name: by_chunk(g) for name, g in gates.items() if name in ("lr", "delta", "log_keep", "log_momentum")}
         w1, w2 = (w.reshape(B * H, *w.shape[2:]) for w in self.init_state(B)[:2])  # (B·H, n, d), (B·H, d, n)
-        s1 = s2 = None  # the momentum: zero before the first chunk
+        w1 = w1.mT.contiguous()  # W1 is carried transposed, (B·H, d, n): see `_chunk_l2`
+        s1 = s2 = None  # the momentum (S1 transposed too): zero before the first chunk
         outputs = []
         for c in range(len(q)):
             y, (w1, w2, s1, s2) = self._chunk_l2(
@@ -419,31 +420,35 @@ class Titans(Mixer):
 
     def _chunk_l2(self, q, k, v, gates, w1, w2, s1, s2, last):
         """One chunk of the l2-retention memory in its dual form (module docstring, "Chunks"), batch and
-        heads folded: q, k, v (BH, L, d), gates (BH, L) each, the chunk-start memory w1 (BH, n, d),
-        w2 (BH, d, n) and momentum s1, s2 (None: zero) -> y (BH, L, d) and the memory and momentum
-        at the chunk's end (None after the last chunk).
+        heads folded: q, k, v (BH, L, d), gates (BH, L) each, the chunk-start memory w1 = W1ᵀ (BH, d, n),
+        w2 = W2 (BH, d, n) and momentum s1 = S1ᵀ, s2 = S2 (None: zero) -> y (BH, L, d) and the memory
+        and momentum at the chunk's end (None after the last chunk).
 
         Written to make few passes over the (L, n) and (n, d) tensors: a sum acc + a @ b is one
         torch.baddbmm, acc + c ⊙ b one torch.addcmul, and a per-row
-        scale of a product goes on its narrower factor (c ⊙ (a @ b) = (c ⊙ a) @ b, and d < n)."""
-        h, psi, u, lr = self._chunk_gradients(w1, w2, k, v, gates)
+        scale of a product goes on its narrower factor (c ⊙ (a @ b) = (c ⊙ a) @ b, and d < n).
+        W1 is carried transposed so that the backward of its update, W1ᵀ += (c ⊙ k)ᵀ u, hands u a
+        contiguous gradient (not a transposed view, which would make every elementwise operation of u's
+        backward a strided one, several times slower)."""
+        h, psi, u, lr = self._chunk_gradients(w1.mT, w2, k, v, gates)
         decay = segment_products(gates["log_keep"])  # D (BH, L, L)
         keep = gates["log_keep"].cumsum(-1).exp()[..., None]  # A (BH, L, 1)
         carried = s1 is not None  # a momentum from the previous chunk (zero before the first)
         if self.momentum:
             eta = segment_products(gates["log_momentum"])  # N (BH, L, L)
-            coef = decay @ eta  # K = D N
-            if carried:
+            if carried:  # K = D N and γ = D E in one product, D [N | E]
                 decayed = gates["log_momentum"].cumsum(-1).exp()[..., None]  # E (BH, L, 1)
-                carry = decay @ decayed  # γ = D E (BH, L, 1)
+                coef, carry = (decay @ torch.cat([eta, decayed], -1)).split([eta.shape[-1], 1], -1)  # (BH, L, L), (BH, L, 1)
+            else:
+                coef = decay @ eta  # K = D N
         else:
             coef = decay
         coef = coef * -lr[:, None, :]  # −K[i, s] θ'_s (BH, L, L): the sign on the small factor (alpha=-1
         # in torch.baddbmm would cost a pass over every gradient of the product in the backward)
         # z'_i = A_i W1_0 q_i + γ_i S1_0 q_i − Σ_s K[i, s] θ'_s (k_s · q_i) u_s
-        z = torch.baddbmm((keep * q) @ w1.mT, (q @ k.mT) * coef, u)  # (BH, L, n)
+        z = torch.baddbmm((keep * q) @ w1, (q @ k.mT) * coef, u)  # (BH, L, n)
         if carried:
-            z = torch.baddbmm(z, carry * q, s1.mT)
+            z = torch.baddbmm(z, carry * q, s1)
         hq = F.silu(z)
         # y_i = q_i + A_i W2_0 h'_i + γ_i S2_0 h'_i − Σ_s K[i, s] θ'_s (h_s · h'_i) ψ_s
         y = torch.addcmul(q, keep, hq @ w2.mT)  # (BH, L, d)
@@ -453,20 +458,20 @@ class Titans(Mixer):
         if last:
             return y, (None, None, None, None)
         # the memory at the chunk's end, W_L = A_L W_0 + γ_L S_0 − Σ_s K[L, s] θ'_s g_s: the sums of
-        # rank-one gradients are one product each, Σ_s c_s u_s k_sᵀ = uᵀ (c ⊙ k), Σ_s c_s ψ_s h_sᵀ = (c ⊙ ψ)ᵀ h
+        # rank-one gradients are one product each, Σ_s c_s k_s u_sᵀ = (c ⊙ k)ᵀ u, Σ_s c_s ψ_s h_sᵀ = (c ⊙ ψ)ᵀ h
         end = coef[:, -1, :, None]  # −K[L, s] θ'_s (BH, L, 1)
         a = keep[:, -1, :, None]  # A_L (BH, 1, 1)
         w1_end, w2_end = a * w1, a * w2
         if carried:
             gamma = carry[:, -1, :, None]  # γ_L
             w1_end, w2_end = torch.addcmul(w1_end, gamma, s1), torch.addcmul(w2_end, gamma, s2)
-        w1_end = torch.baddbmm(w1_end, u.mT, end * k)  # (BH, n, d)
+        w1_end = torch.baddbmm(w1_end, (end * k).mT, u)  # W1ᵀ (BH, d, n)
         w2_end = torch.baddbmm(w2_end, (end * psi).mT, h)  # (BH, d, n)
         if not self.momentum:
             return y, (w1_end, w2_end, None, None)
         # and the momentum, S_L = E_L S_0 − Σ_s N[L, s] θ'_s g_s
         end = (eta[:, -1, :] * -lr)[..., None]  # −N[L, s] θ'_s (BH, L, 1)
-        s1_end, s2_end = u.mT @ (end * k), (end * psi).mT @ h
+        s1_end, s2_end = (end * k).mT @ u, (end * psi).mT @ h
         if carried:
             e = decayed[:, -1, :, None]  # E_L
             s1_end, s2_end = torch.addcmul(s1_end, e, s1), torch.addcmul(s2_end, e, s2)
