@@ -389,7 +389,9 @@ class Titans(Mixer):
         h = F.silu(z)
         error = k + h @ w2.mT - v  # (..., L, d)
         psi = loss_derivative(error, self.loss, gates.get("delta"))
-        u = (psi @ w2) * silu_derivative(z)  # (W2ᵀ ψ) ⊙ σ'(z)
+        # σ'(z) = s (1 + z (1 − s)) = s + h − h s with s = sigmoid(z): from h, in three operations, not five
+        s = torch.sigmoid(z)
+        u = (psi @ w2) * torch.addcmul(s + h, h, s, value=-1)  # (W2ᵀ ψ) ⊙ σ'(z)
         lr = gates["lr"]
         if self.loss == "lp":
             lr = lr * lp_step_bound(error)
