@@ -426,12 +426,12 @@ class Titans(Mixer):
         w2 = W2 (BH, d, n) and momentum s1 = S1ᵀ, s2 = S2 (None: zero) -> y (BH, L, d) and the memory
         and momentum at the chunk's end (None after the last chunk).
 
-        Written to make few passes over the (L, n) and (n, d) tensors: a sum acc + a @ b is one
-        torch.baddbmm, acc + c ⊙ b one torch.addcmul, and a per-row
-        scale of a product goes on its narrower factor (c ⊙ (a @ b) = (c ⊙ a) @ b, and d < n).
-        W1 is carried transposed so that the backward of its update, W1ᵀ += (c ⊙ k)ᵀ u, hands u a
-        contiguous gradient (not a transposed view, which would make every elementwise operation of u's
-        backward a strided one, several times slower)."""
+        Written to make few passes over the (L, n) and (d, n) tensors: a sum acc + a @ b is one
+        torch.baddbmm, acc + c ⊙ b one torch.addcmul, and a per-row scale of a product goes on its
+        narrower factor (c ⊙ (a @ b) = (c ⊙ a) @ b, and d < n).  W1 is carried transposed so that the
+        backward of its update, W1ᵀ += (c ⊙ k)ᵀ u, hands u a contiguous gradient (not a transposed
+        view, which would make every elementwise operation of u's backward a strided one, several
+        times slower)."""
         h, psi, u, lr = self._chunk_gradients(w1.mT, w2, k, v, gates)
         decay = segment_products(gates["log_keep"])  # D (BH, L, L)
         keep = gates["log_keep"].cumsum(-1).exp()[..., None]  # A (BH, L, 1)
