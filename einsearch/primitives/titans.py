@@ -387,7 +387,8 @@ class Titans(Mixer):
         returned as their factors h, u (..., L, n), ψ (..., L, d), with the steps θ'_i (..., L)."""
         z = k @ w1.mT  # (..., L, n)
         h = F.silu(z)
-        error = k + h @ w2.mT - v  # (..., L, d)
+        # e = M(k) − v = (k − v) + W2 h: one torch.baddbmm for the folded (3-d) tensors of the l2 path
+        error = torch.baddbmm(k - v, h, w2.mT) if k.dim() == 3 else k + h @ w2.mT - v  # (..., L, d)
         psi = loss_derivative(error, self.loss, gates.get("delta"))
         # σ'(z) = s (1 + z (1 − s)) = s + h − h s with s = sigmoid(z): from h, in three operations, not five
         s = torch.sigmoid(z)
