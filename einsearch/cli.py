@@ -319,7 +319,7 @@ def run_command(
                 task=task, space=space, strategy=strategy, seed_archs=tuple(seed_arch or ()),
                 trials=trials or RunConfig.trials,
                 time_budget=parse_duration(time_budget) if time_budget else None,
-                trial_budget=trial_budget or str(get_task(task).trial_budget), time_limit=time_limit, workers=workers or RunConfig.workers,
+                trial_budget=trial_budget or str(get_task(task).trial_budget()), time_limit=time_limit, workers=workers or RunConfig.workers,
                 executor=executor or RunConfig.executor, address=address,
                 scheduler=scheduler, rungs=rungs, eta=eta, objectives=tuple(o.strip() for o in objectives.split(",")),
                 max_params=max_params, max_flops=max_flops, max_state=max_state, d_model=d_model, layers=layers,

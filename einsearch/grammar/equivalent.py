@@ -37,11 +37,11 @@ def at_length(arch: Arch, tokens: int) -> Arch:
     out (see the module doc); the same tree when there is none."""
     children = tuple(at_length(child, tokens) for child in arch.children)
     spans, absent = SPANS.get((arch.op, arch.variant), ()), ABSENT.get((arch.op, arch.variant), {})
-    params = tuple(
-        (name, value)
-        for name, value in arch.params
-        if not (name in spans and isinstance(value, int) and value >= tokens) and absent.get(name, object()) != value
-    )
+
+    def no_op(name: str, value: object) -> bool:
+        return (name in spans and value >= tokens) or absent.get(name) == value  # spans are integers (grammar)
+
+    params = tuple((name, value) for name, value in arch.params if not no_op(name, value))
     if children == arch.children and params == arch.params:
         return arch
     return Arch(arch.op, arch.variant, params, children)

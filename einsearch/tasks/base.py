@@ -260,10 +260,10 @@ class Task(ABC):
     def evaluate(self, model: torch.nn.Module, split: Any) -> dict[str, float]:
         """Metrics on a whole split (model in eval mode, no gradients: the caller sees to it)."""
 
-    @property
-    def trial_budget(self) -> Budget:
+    @classmethod
+    def trial_budget(cls) -> Budget:
         """A search trial's full budget by default: `search_budget`, else `budget`."""
-        return self.search_budget or self.budget
+        return cls.search_budget or cls.budget
 
     def info(self) -> dict[str, Any]:
         """Facts about the data worth recording with a result (e.g. a corpus hash)."""

@@ -111,7 +111,7 @@ def describe_tasks() -> list[TaskInfo]:
             metric=cls.metric,
             mode=cls.mode,
             budget=str(cls.budget),
-            search_budget=str(cls.search_budget or cls.budget),
+            search_budget=str(cls.trial_budget()),
             positional=cls.positional,
             options=tuple(OptionInfo(f.name, f.default, f.metadata.get("help", "")) for f in dataclasses.fields(cls)),  # type: ignore[arg-type]
         )

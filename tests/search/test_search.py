@@ -211,7 +211,7 @@ def test_a_run_without_a_trial_budget_takes_the_tasks_search_budget(tmp_path):
     from einsearch.cli import app
 
     task = "mqar:vocab=16,seq_len=8,pairs=2,train=128,val=16,test=16"
-    assert get_task(task).trial_budget == Budget(steps=600)  # MQAR's, chosen in BENCHMARKS.md
+    assert get_task(task).trial_budget() == Budget(steps=600)  # MQAR's, chosen in BENCHMARKS.md
     args = ["run", "--executor", "inline", "--task", task, "--space", TINY_SPACE, "--trials", "1", "--scheduler", "fifo",
             "--finalists", "0", "--d-model", "8", "--layers", "1", "--output", str(tmp_path / "run")]  # fmt: skip
     result = CliRunner().invoke(app, args)
