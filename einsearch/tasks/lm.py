@@ -9,8 +9,24 @@ file's relative path and bytes, in order), file count and size are recorded in `
 on different machines can be told apart when their standard libraries differ.
 
 Splits are contiguous: the first 90 % of the bytes train, the next 5 % validate, the last 5 %
-test.  Training windows start at random offsets; evaluation scores the first ``eval_bytes`` bytes
-of a split in consecutive windows of ``seq_len`` (every position of every window is scored).
+test.  Evaluation scores the first ``eval_bytes`` bytes of a split in consecutive windows of
+``seq_len`` (every position of every window is scored).  How training batches are drawn is the
+``curriculum`` option:
+
+* ``concat`` (the default): windows of ``seq_len`` bytes at random offsets of the concatenated
+  training bytes, across file boundaries.
+* ``dd``: dataset decomposition (Pouransari et al. 2024, "Dataset Decomposition: Faster LLM
+  Training with Variable Sequence Length Curriculum", arXiv:2405.13226).  Each file is a document;
+  a document of L bytes holds L - 1 next-byte predictions, cut into pieces whose lengths are
+  powers of two: as many pieces of ``seq_len`` as fit, then one piece per binary digit of what is
+  left, largest first, down to ``min_len`` (a remainder below ``min_len`` is dropped).  So a piece
+  never crosses a document boundary.  Pieces of one length form a bucket; each training step
+  draws one bucket, with probability proportional to the tokens it holds, and from it
+  ``batch_size * seq_len / length`` pieces, so every step trains on the same number of tokens as
+  a ``concat`` step.  (Drawing buckets by their tokens is the paper's baseline mixture, the same
+  as going through every batch of an epoch in random order; its length curricula that favour
+  short buckets early are not implemented.)  Validation and test are the same as under
+  ``concat``, so the two curricula are compared on the same evaluation.
 """
 
 from __future__ import annotations
@@ -30,9 +46,10 @@ from torch import Tensor, nn
 
 from einsearch.arch import Arch
 from einsearch.messages import clip
-from einsearch.tasks.base import MAX_DATA_BYTES, Budget, Splits, Task, TaskError, model_device, option
+from einsearch.tasks.base import MAX_DATA_BYTES, Budget, Splits, Task, TaskError, check_data_size, model_device, option
 from einsearch.tasks.shell import LanguageModel, build_blocks
 
+CURRICULA = ("concat", "dd")
 SKIPPED_FOLDERS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 TRAIN_FRACTION, VAL_FRACTION = 0.90, 0.05
 MAX_CORPUS_BYTES = MAX_DATA_BYTES // 4  # the corpus is held about three times over (bytes, tensor, copies)
@@ -60,6 +77,7 @@ def folder_files(root: Path) -> list[Path]:
 class Corpus:
     data: bytes
     files: int
+    sizes: tuple[int, ...]  # each file's bytes, in order: the documents of curriculum=dd
     sha256: str
     source: str
 
@@ -96,7 +114,8 @@ def _read_corpus(path: str) -> Corpus:
     data = b"".join(parts)
     if not data:
         raise TaskError(f"lm: the corpus {path or base} is empty")
-    return Corpus(data=data, files=len(files), sha256=digest.hexdigest(), source=str(Path(path).expanduser() if path else base))
+    sizes = tuple(len(part) for part in parts)
+    return Corpus(data=data, files=len(files), sizes=sizes, sha256=digest.hexdigest(), source=str(Path(path).expanduser() if path else base))
 
 
 class Stream:
@@ -120,6 +139,70 @@ class Stream:
             yield window[:, :-1], window[:, 1:]
 
 
+def decompose(predictions: int, max_len: int, min_len: int) -> tuple[int, list[int]]:
+    """Dataset decomposition of one document's `predictions` positions: ``(full, rest)``, `full`
+    pieces of `max_len`, then the lengths of the rest's binary digits from `min_len` up, largest
+    first (`max_len` and `min_len` are powers of two).  E.g. (203, 64, 4) -> (3, [8]): 203 = 3 * 64
+    + 8 + 3, the 3 below `min_len` dropped."""
+    full, rest = divmod(predictions, max_len)
+    digits = range(int(math.log2(min_len)), int(math.log2(max_len)))
+    return full, [2**i for i in reversed(digits) if rest >> i & 1]
+
+
+def document_spans(sizes: tuple[int, ...], end: int) -> list[tuple[int, int]]:
+    """(first byte, bytes) of each document in the concatenation's first `end` bytes."""
+    spans, first = [], 0
+    for size in sizes:
+        if first >= end:
+            break
+        spans.append((first, min(size, end - first)))
+        first += size
+    return spans
+
+
+def piece_starts(spans: list[tuple[int, int]], max_len: int, min_len: int) -> dict[int, Tensor]:
+    """The first byte of every piece of every document, by piece length (longest first).  A piece
+    of length n covers n + 1 bytes: n inputs, and their targets shifted by one."""
+    full_pieces = [torch.zeros(0, dtype=torch.long)]
+    shorter: dict[int, list[int]] = {2**i: [] for i in reversed(range(int(math.log2(min_len)), int(math.log2(max_len))))}
+    for first, size in spans:
+        full, rest = decompose(max(size - 1, 0), max_len, min_len)
+        full_pieces.append(first + max_len * torch.arange(full))
+        offset = first + max_len * full
+        for length in rest:
+            shorter[length].append(offset)
+            offset += length
+    return {max_len: torch.cat(full_pieces)} | {length: torch.tensor(s, dtype=torch.long) for length, s in shorter.items()}
+
+
+class Buckets:
+    """The training split of curriculum=dd: pieces drawn one bucket (one length) per batch, each
+    batch holding ``batch_size * seq_len`` tokens."""
+
+    def __init__(self, data: Tensor, starts: dict[int, Tensor], seq_len: int):
+        self.data, self.seq_len = data, seq_len
+        self.starts = {length: s for length, s in starts.items() if len(s)}  # non-empty buckets, longest first
+        self.lengths = list(self.starts)
+        self.tokens = torch.tensor([length * len(s) for length, s in self.starts.items()], dtype=torch.float64)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        bucket = int(torch.multinomial(self.tokens, 1, generator=generator))
+        length, starts = self.lengths[bucket], self.starts[self.lengths[bucket]]
+        pieces = torch.randint(len(starts), (batch_size * self.seq_len // length,), generator=generator)
+        offsets = starts[pieces, None] + torch.arange(length + 1)  # (B * seq_len / length, length + 1)
+        window = self.data[offsets]
+        return window[:, :-1], window[:, 1:]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every piece once, bucket by bucket, ``batch_size * seq_len`` tokens a batch (or fewer,
+        a bucket's last)."""
+        for length, starts in self.starts.items():
+            rows = batch_size * self.seq_len // length
+            for first in range(0, len(starts), rows):
+                window = self.data[starts[first : first + rows, None] + torch.arange(length + 1)]
+                yield window[:, :-1], window[:, 1:]
+
+
 @dataclass(frozen=True)
 class LM(Task):
     name: ClassVar[str] = "lm"
@@ -130,14 +213,27 @@ class LM(Task):
     batch_size: ClassVar[int] = 16
     lr: ClassVar[float] = 2e-3
     positional: ClassVar[str | None] = "path"
+    length_option: ClassVar[str] = "seq_len"
 
     path: str = option("", "text file or folder (empty: the Python standard library's source)")
     seq_len: int = option(256, "bytes per training window", at_least=1, at_most=2**20)
     eval_bytes: int = option(65_536, "bytes scored per evaluation of a split", at_least=1, at_most=2**32)
+    curriculum: str = option("concat", "training batches: concat (random windows) or dd (dataset decomposition)", choices=CURRICULA)
+    min_len: int = option(8, "dd: the shortest piece, a power of two (shorter remainders are dropped)", at_least=1, at_most=2**20)
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.eval_bytes < 1:
             raise TaskError(f"lm: seq_len and eval_bytes must be positive, got {self.seq_len}, {self.eval_bytes}")
+        if self.curriculum not in CURRICULA:
+            raise TaskError(f"lm: curriculum must be one of {', '.join(CURRICULA)}, got {clip(self.curriculum, 40)}")
+        if self.curriculum == "dd":
+            for name, value in (("seq_len", self.seq_len), ("min_len", self.min_len)):
+                if value & (value - 1):
+                    raise TaskError(f"lm: curriculum=dd needs {name} to be a power of two, got {value}")
+            if self.min_len > self.seq_len:
+                raise TaskError(f"lm: curriculum=dd needs min_len <= seq_len, got {self.min_len} > {self.seq_len}")
+        elif self.min_len != LM.min_len:
+            raise TaskError("lm: min_len applies only with curriculum=dd")
 
     @property
     def tokens(self) -> int:
@@ -153,7 +249,21 @@ class LM(Task):
                 f"lm: the corpus has {n} bytes, too short for validation and test windows of seq_len+1 = "
                 f"{self.seq_len + 1} bytes (5 % of the corpus each)"
             )
-        return Splits(*(Stream(part, self.seq_len, self.eval_bytes) for part in (data[:train_end], data[train_end:val_end], data[val_end:])))
+        val, test = (Stream(part, self.seq_len, self.eval_bytes) for part in (data[train_end:val_end], data[val_end:]))
+        if self.curriculum == "concat":
+            return Splits(Stream(data[:train_end], self.seq_len, self.eval_bytes), val, test)
+        return Splits(self.decomposed(data[:train_end], corpus.sizes), val, test)
+
+    def decomposed(self, train: Tensor, sizes: tuple[int, ...]) -> Buckets:
+        """The training bytes cut into pieces, file by file (see the module's docstring)."""
+        spans = document_spans(sizes, len(train))
+        full = len(train) // self.seq_len  # at most, held in tensors: 8 bytes each
+        shorter = min(len(spans) * int(math.log2(self.seq_len // self.min_len)), len(train) // self.min_len)  # in lists first
+        check_data_size("lm", 8 * full + 64 * shorter, f"curriculum=dd with seq_len={self.seq_len}, min_len={self.min_len}")
+        buckets = Buckets(train, piece_starts(spans, self.seq_len, self.min_len), self.seq_len)
+        if not buckets.lengths:
+            raise TaskError(f"lm: curriculum=dd found no document in the training split with min_len+1 = {self.min_len + 1} bytes")
+        return buckets
 
     def model(self, arch: Arch, d_model: int, layers: int) -> nn.Module:
         return LanguageModel(build_blocks(arch, d_model, layers), d_model, 256)
