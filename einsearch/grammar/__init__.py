@@ -1,6 +1,6 @@
 """The architecture language: grammar, parser, printer; search spaces, sampler, mutation, crossover."""
 
-from einsearch.grammar.equivalent import at_length
+from einsearch.grammar.equivalent import at_length, equivalence_key
 from einsearch.grammar.evolve import crossover, mutate
 from einsearch.grammar.parser import ArchSyntaxError, grammar, parse
 from einsearch.grammar.printer import to_text
@@ -15,6 +15,7 @@ __all__ = [
     "at_length",
     "builtin_spaces",
     "crossover",
+    "equivalence_key",
     "grammar",
     "load_space",
     "mutate",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from einsearch.arch import Arch
 
-__all__ = ["at_length"]
+__all__ = ["at_length", "equivalence_key"]
 
 # (op, variant) -> parameters that are no-ops when their value is at least the sequence length
 SPANS: dict[tuple[str, str | None], tuple[str, ...]] = {
@@ -45,3 +45,10 @@ def at_length(arch: Arch, tokens: int) -> Arch:
     if children == arch.children and params == arch.params:
         return arch
     return Arch(arch.op, arch.variant, params, children)
+
+
+def equivalence_key(arch: Arch, tokens: int) -> str:
+    """One id for all the trees that train the same on sequences of length `tokens`: the id of
+    `at_length(arch, tokens)`.  A search reuses results, and the finalists count architectures,
+    by this key."""
+    return at_length(arch, tokens).id

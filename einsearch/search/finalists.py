@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from einsearch.arch import Arch
-from einsearch.grammar import at_length, parse
+from einsearch.grammar import equivalence_key, parse
 from einsearch.grammar.seeds import resolve
 from einsearch.grammar.seeds import seeds as zoo
 from einsearch.search.cluster import ray_session
@@ -104,7 +104,7 @@ def pick_candidates(
     """The top `k` distinct architectures of the leaderboard, skipping those in `exclude` (the
     comparison seeds: a seed the search rediscovered is no finding).  With `tokens` (the task's
     length), trees that train the same at that length (`at_length`) count as one."""
-    same = (lambda arch: arch.id) if tokens is None else (lambda arch: at_length(arch, tokens).id)  # noqa: E731
+    same = (lambda arch: arch.id) if tokens is None else (lambda arch: equivalence_key(arch, tokens))  # noqa: E731
     chosen: list[Entrant] = []
     seen = {same(arch) for arch in exclude}
     for leader in leaderboard(records, maximize):

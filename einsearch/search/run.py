@@ -33,7 +33,7 @@ import optuna
 
 from einsearch.arch import Arch
 from einsearch.costs import costs as measure
-from einsearch.grammar import SpaceError, at_length, load_space, parse, suggest
+from einsearch.grammar import SpaceError, equivalence_key, load_space, parse, suggest
 from einsearch.grammar.seeds import resolve
 from einsearch.search.config import RunConfig
 from einsearch.search.record import DamagedRecord, RunFolder, RunFolderError, TrialRecord, leaderboard, shorten
@@ -177,10 +177,10 @@ class Search:
 
     # ------------------------------------------------------------------ state
     def equivalence(self, arch: Arch) -> str:
-        """A key shared by the architectures that train the same on this task: the id of the tree
-        without its parameters that change nothing at the task's length (`at_length`), so a
-        proposal equal to a trained one in all but a no-op reuses its result."""
-        return at_length(arch, self.task.tokens).id
+        """A key shared by the architectures that train the same on this task (`equivalence_key`
+        at the task's length), so a proposal equal to a trained one in all but a no-op reuses its
+        result."""
+        return equivalence_key(arch, self.task.tokens)
 
     @property
     def elapsed(self) -> float:

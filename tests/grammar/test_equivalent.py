@@ -5,7 +5,7 @@ import torch
 
 import einsearch
 from einsearch.grammar import parse
-from einsearch.grammar.equivalent import at_length
+from einsearch.grammar.equivalent import at_length, equivalence_key
 
 TEXT = "seq(res(seq(norm(rms), attn(softmax, heads=4, window={w}, chunk={c}, pos=rope))), res(mlp(expand=2, act=gelu)))"
 
@@ -19,6 +19,7 @@ def outputs(text: str, x: torch.Tensor) -> torch.Tensor:
 def test_a_span_at_least_the_length_is_left_out_and_changes_nothing(window, chunk):
     text = TEXT.format(w=window, c=chunk)
     kept = at_length(parse(text), 9)
+    assert equivalence_key(parse(text), 9) == kept.id == equivalence_key(kept, 9)
     assert kept.text == "seq(res(seq(norm(rms), attn(softmax, heads=4, pos=rope))), res(mlp(expand=2, act=gelu)))"
     x = torch.randn(2, 9, 16)
     torch.testing.assert_close(outputs(text, x), outputs(kept.text, x), rtol=0, atol=0)  # same weights, same function
