@@ -15,18 +15,42 @@ An example of length T with P key-value pairs (vocabulary V):
 * only the query positions are scored: the target there is the value that followed that key.
 
 Train, validation and test sets use independent seeds derived from the task's ``seed``.
+
+Two options come from later papers of the same group:
+
+* ``passes=K`` (JRT-Prompt; Arora et al. 2024, "Just read twice: closing the recall gap for
+  recurrent language models"): the key-value context is written K times before the query region,
+  so a recurrent model sees every pair again after it has seen them all.  The sequence grows by
+  (K-1)·2P tokens; the queries, their gaps and the filler are those of K = 1.  (Zoology's
+  ``num_passes`` keeps the total length and shortens the query region instead.)
+* ``mixture=zoology``: Zoology's protocol (its MQAR configs, e.g.
+  ``zoology/experiments/mqar_example_configs/original_mqar_configs.py``): training data mixes
+  several (seq_len, pairs) settings and the test reports accuracy per setting, on settings
+  beyond the training ones (`ZOOLOGY_TRAIN`, `ZOOLOGY_TEST`).  A training batch comes from one
+  setting, as in Zoology's loader, which never mixes settings in a batch: sequences of one
+  length need no padding and no compute goes to it (`Mixture`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import torch
+from torch import Tensor, nn
 
-from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Splits, TaskError, option
+from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Examples, Splits, TaskError, check_data_size, option
 from einsearch.tasks.cache import cached_arrays
-from einsearch.tasks.language import IGNORE, TokenTask, as_examples, split_seeds
+from einsearch.tasks.language import IGNORE, TokenTask, as_examples, split_seeds, token_metrics
+
+# Zoology's mixture (its MQAR configs, vocab 8192): five training settings, 100k examples of the
+# first and 20k of each other (so shares 5:1:1:1:1), and seven test settings of 1k examples each.
+ZOOLOGY_TRAIN = ((64, 4, 5), (128, 8, 1), (256, 16, 1), (256, 32, 1), (256, 64, 1))  # (seq_len, pairs, share)
+ZOOLOGY_TEST = ((64, 4), (64, 8), (64, 16), (128, 32), (256, 64), (512, 128), (1024, 256))  # (seq_len, pairs)
+EVAL_TOKENS = 256 * 64  # tokens per evaluation batch of a mixture (256 sequences of 64)
 
 
 def distinct_draws(rng: np.random.Generator, rows: int, population: int, k: int) -> np.ndarray:
@@ -82,6 +106,43 @@ def multiquery_ar(
     return inputs, targets
 
 
+def repeat_context(inputs: np.ndarray, targets: np.ndarray, pairs: int, passes: int) -> tuple[np.ndarray, np.ndarray]:
+    """JRT-Prompt: the key-value context (the first 2P tokens) written `passes` times before the
+    query region, the repeats unscored.  (N, T) -> (N, T + (passes-1)·2P); passes=1 changes nothing."""
+    context = 2 * pairs
+    inputs = np.concatenate([np.tile(inputs[:, :context], (1, passes)), inputs[:, context:]], axis=1)
+    repeats = np.full((len(targets), (passes - 1) * context), IGNORE, dtype=targets.dtype)
+    return inputs, np.concatenate([repeats, targets], axis=1)
+
+
+def shares(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights` (rounded down; the rest goes to the first)."""
+    counts = [total * w // sum(weights) for w in weights]
+    counts[0] += total - sum(counts)
+    return counts
+
+
+class Mixture:
+    """Examples of several settings, kept apart because their lengths differ: a training batch
+    comes from one setting, drawn in proportion to its examples (as Zoology's loader, which never
+    mixes settings in a batch); evaluation goes setting by setting.  `parts`: name -> examples."""
+
+    def __init__(self, parts: dict[str, Examples]):
+        self.parts = parts
+        self.weights = torch.tensor([float(len(part)) for part in parts.values()])
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts.values())
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        which = int(torch.multinomial(self.weights, 1, generator=generator))
+        return list(self.parts.values())[which].sample(batch_size, generator)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, ...]]:
+        for part in self.parts.values():
+            yield from part.batches(batch_size)
+
+
 @dataclass(frozen=True)
 class MQAR(TokenTask):
     name: ClassVar[str] = "mqar"
@@ -101,8 +162,17 @@ class MQAR(TokenTask):
     val: int = option(1_000, "validation examples", **EXAMPLES)
     test: int = option(3_000, "test examples", **EXAMPLES)
     seed: int = option(0, "data seed", **SEEDS)
+    passes: int = option(1, "times the key-value context is written before the queries (JRT-Prompt, Arora et al. 2024)", at_least=1, at_most=16)
+    mixture: str = option("none", "zoology: train on Zoology's mix of (seq_len, pairs) settings, test per setting; needs vocab > 1024", choices=("none", "zoology"))
 
     def __post_init__(self) -> None:
+        if not self.power_a > 0:
+            raise TaskError(f"mqar: power_a must be positive, got {self.power_a}")
+        if self.passes < 1:
+            raise TaskError(f"mqar: passes must be at least 1, got {self.passes}")
+        if self.mixture == "zoology":
+            self.check_mixture()
+            return
         if self.seq_len % 2:
             raise TaskError(f"mqar: seq_len must be even, got {self.seq_len}")
         if self.vocab <= self.seq_len:
@@ -111,25 +181,93 @@ class MQAR(TokenTask):
             raise TaskError(f"mqar: need 1 <= pairs and 4*pairs <= seq_len, got pairs={self.pairs}, seq_len={self.seq_len}")
         if self.pairs >= self.vocab // 2:
             raise TaskError(f"mqar: {self.pairs} distinct keys do not fit in a vocabulary half of {self.vocab // 2 - 1}")
-        if not self.power_a > 0:
-            raise TaskError(f"mqar: power_a must be positive, got {self.power_a}")
         self.check_splits()
+
+    def check_mixture(self) -> None:
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        if self.seq_len != fields["seq_len"].default or self.pairs != fields["pairs"].default:
+            raise TaskError("mqar: mixture=zoology sets seq_len and pairs itself; leave them out")
+        longest = max(seq_len for seq_len, _ in ZOOLOGY_TEST)
+        if self.vocab <= longest:
+            raise TaskError(f"mqar: mixture=zoology tests at seq_len up to {longest}, so vocab must exceed it (Zoology: 8192), got {self.vocab}")
+        for split, n in (("train", self.train), ("val", self.val), ("test", self.test)):
+            if min(count for _, _, count in self.settings(split)) < 1:
+                raise TaskError(f"mqar: mixture=zoology needs at least one {split} example per setting, got {split}={n}")
+        tokens = sum(count * self.length(seq_len, pairs) for split in ("train", "val", "test") for seq_len, pairs, count in self.settings(split))
+        check_data_size("mqar", 32 * tokens, f"train + val + test = {self.train + self.val + self.test:,} examples")
+
+    def settings(self, split: str) -> list[tuple[int, int, int]]:
+        """(seq_len, pairs, examples) of each setting of a split: with ``mixture=zoology``,
+        training and validation examples are shared out over Zoology's training settings as
+        Zoology's are (5:1:1:1:1; validation: equally), test examples equally over its test
+        settings; otherwise the one setting (seq_len, pairs)."""
+        n = {"train": self.train, "val": self.val, "test": self.test}[split]
+        if self.mixture == "none":
+            return [(self.seq_len, self.pairs, n)]
+        if split == "test":
+            return [(t, p, c) for (t, p), c in zip(ZOOLOGY_TEST, shares(n, [1] * len(ZOOLOGY_TEST)))]
+        weights = [share if split == "train" else 1 for _, _, share in ZOOLOGY_TRAIN]
+        return [(t, p, c) for (t, p, _), c in zip(ZOOLOGY_TRAIN, shares(n, weights))]
+
+    def length(self, seq_len: int, pairs: int) -> int:
+        """Tokens of an example of the setting (seq_len, pairs) once its context is repeated."""
+        return seq_len + (self.passes - 1) * 2 * pairs
 
     @property
     def tokens(self) -> int:
-        return self.seq_len
+        return max(self.length(seq_len, pairs) for seq_len, pairs, _ in self.settings("train"))
 
     @property
     def vocab_size(self) -> int:
         return self.vocab
 
+    def data_key(self) -> str:
+        """What determines the data, for the disk cache: the dataclass's repr, except that the
+        options added after MQAR data was first cached (passes, mixture) appear only when they
+        differ from their defaults, so entries cached before them are found again."""
+        later = ("passes", "mixture")
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.name not in later or getattr(self, f.name) != f.default
+        ]
+        return f"{type(self).__qualname__}({', '.join(shown)})"
+
     def make_data(self) -> Splits:
+        names = ("train", "val", "test")
+
         def make() -> dict[str, np.ndarray]:
             arrays = {}
-            for split, rng, n in zip(("train", "val", "test"), split_seeds(self.seed), (self.train, self.val, self.test)):
-                inputs, targets = multiquery_ar(rng, n, self.vocab, self.seq_len, self.pairs, self.power_a)
-                arrays[f"{split}_inputs"], arrays[f"{split}_targets"] = inputs, targets
+            for split, rng in zip(names, split_seeds(self.seed)):
+                for seq_len, pairs, n in self.settings(split):
+                    inputs, targets = multiquery_ar(rng, n, self.vocab, seq_len, pairs, self.power_a)
+                    inputs, targets = repeat_context(inputs, targets, pairs, self.passes)
+                    name = split if self.mixture == "none" else f"{split}_{seq_len}x{pairs}"
+                    arrays[f"{name}_inputs"], arrays[f"{name}_targets"] = inputs, targets
             return arrays
 
-        arrays = cached_arrays("mqar", repr(self), make)
-        return Splits(*(as_examples(arrays[f"{s}_inputs"], arrays[f"{s}_targets"]) for s in ("train", "val", "test")))
+        arrays = cached_arrays("mqar", self.data_key(), make)
+        if self.mixture == "none":
+            return Splits(*(as_examples(arrays[f"{s}_inputs"], arrays[f"{s}_targets"]) for s in names))
+        return Splits(*(
+            Mixture({
+                f"{seq_len}x{pairs}": as_examples(arrays[f"{split}_{seq_len}x{pairs}_inputs"], arrays[f"{split}_{seq_len}x{pairs}_targets"])
+                for seq_len, pairs, _ in self.settings(split)
+            })
+            for split in names
+        ))  # fmt: skip
+
+    def evaluate(self, model: nn.Module, split: Examples | Mixture) -> dict[str, float]:
+        """Loss, accuracy and exact match; on a mixture, each setting's accuracy too
+        (``accuracy@512x128``: seq_len x pairs), and overall the mean over examples, as Zoology's
+        ``valid/accuracy`` is (every example of a setting has the same number of queries)."""
+        if isinstance(split, Examples):
+            return super().evaluate(model, split)
+        metrics: dict[str, float] = {"loss": 0.0, "accuracy": 0.0, "exact": 0.0}
+        for name, part in split.parts.items():
+            length = part.tensors[0].shape[1]
+            setting = token_metrics(model, part, max(1, EVAL_TOKENS // length))
+            for key in ("loss", "accuracy", "exact"):
+                metrics[key] += setting[key] * len(part) / len(split)
+            metrics[f"accuracy@{name}"] = setting["accuracy"]
+        return metrics

@@ -15,6 +15,7 @@ from typing import Any
 
 from einsearch.messages import clip
 from einsearch.tasks.base import Task, TaskError, check_option
+from einsearch.tasks.disjoint import Disjoint
 from einsearch.tasks.dynamics import KuramotoSivashinsky, Lorenz96
 from einsearch.tasks.lm import LM
 from einsearch.tasks.mad import (
@@ -33,7 +34,7 @@ from einsearch.tasks.series import CSVSeries
 TASKS: dict[str, type[Task]] = {
     cls.name: cls
     for cls in (
-        MQAR, Recall, FuzzyRecall, NoisyRecall, SelectiveCopy, Compression, Memorization, MAD,
+        MQAR, Disjoint, Recall, FuzzyRecall, NoisyRecall, SelectiveCopy, Compression, Memorization, MAD,
         Passkey, LM, Lorenz96, KuramotoSivashinsky, CSVSeries,
     )
 }  # fmt: skip
