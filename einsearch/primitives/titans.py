@@ -135,6 +135,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from einsearch.primitives.base import Mixer, State, head_dim
+from einsearch.primitives.memory import causal_decay
 
 LP_POWER = 3  # Moneta's p
 HIDDEN_EXPANSION = 2  # n = 2 d per head
@@ -199,17 +200,6 @@ def lp_step_bound(error: Tensor) -> Tensor:
     """1 / max(1, ‖e‖_∞) per head: the factor that keeps Moneta's step no longer, per coordinate,
     than the l2 step (see the module docstring).  error (B, H, d) -> (B, H)."""
     return 1 / error.abs().amax(dim=-1).clamp_min(1.0)
-
-
-def segment_products(log_rate: Tensor) -> Tensor:
-    """P[..., i, j] = Π_{l=j+1..i} r_l for j ≤ i (1 on the diagonal) and 0 for j > i, from
-    log r (..., L): (..., L, L).  Sums of logarithms within the segment (no division by a
-    cumulative product, which could underflow)."""
-    L = log_rate.shape[-1]
-    lower = torch.ones(L, L, dtype=torch.bool, device=log_rate.device).tril()
-    strict = lower.tril(-1)
-    sums = log_rate[..., :, None].expand(*log_rate.shape, L).masked_fill(~strict, 0).cumsum(-2)
-    return sums.exp().masked_fill(~lower, 0)
 
 
 # ================================================================ the module
@@ -434,13 +424,15 @@ class Titans(Mixer):
         view, which would make every elementwise operation of u's backward a strided one, several
         times slower)."""
         h, psi, u, lr = self._chunk_gradients(w1.mT, w2, k, v, gates)
-        decay = segment_products(gates["log_keep"])  # D (BH, L, L)
-        keep = gates["log_keep"].cumsum(-1).exp()[..., None]  # A (BH, L, 1)
+        log_keep = gates["log_keep"].cumsum(-1)  # log A (BH, L)
+        decay = causal_decay(log_keep[..., None])[..., 0]  # D (BH, L, L): Π_{l=j+1..i} keep_l for j ≤ i
+        keep = log_keep.exp()[..., None]  # A (BH, L, 1)
         carried = s1 is not None  # a momentum from the previous chunk (zero before the first)
         if self.momentum:
-            eta = segment_products(gates["log_momentum"])  # N (BH, L, L)
+            log_momentum = gates["log_momentum"].cumsum(-1)  # log E (BH, L)
+            eta = causal_decay(log_momentum[..., None])[..., 0]  # N (BH, L, L)
             if carried:  # K = D N and γ = D E in one product, D [N | E]
-                decayed = gates["log_momentum"].cumsum(-1).exp()[..., None]  # E (BH, L, 1)
+                decayed = log_momentum.exp()[..., None]  # E (BH, L, 1)
                 coef, carry = (decay @ torch.cat([eta, decayed], -1)).split([eta.shape[-1], 1], -1)  # (BH, L, L), (BH, L, 1)
             else:
                 coef = decay @ eta  # K = D N
