@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import Counter
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -16,10 +17,13 @@ from einsearch.costs import costs
 from einsearch.grammar import ArchSyntaxError, to_text
 from einsearch.grammar.printer import format_value
 from einsearch.grammar.seeds import resolve, seeds
+from einsearch.messages import clip
 from einsearch.primitives.base import BuildError
 
 if TYPE_CHECKING:
     from einsearch.search.finalists import Summary
+    from einsearch.tasks import Task
+    from einsearch.train import TrainResult
 
 app = typer.Typer(
     help="Search for sequence-mixer architectures.",
@@ -201,6 +205,8 @@ def train_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     max_memory: MaxMemoryOption = None,
     time_limit: Annotated[float | None, typer.Option(help="Seconds before the candidate is stopped as timeout (default: 1 hour for a budget in steps).", min=0)] = None,
+    eval_lengths: Annotated[str | None, typer.Option(help="After training, also test at these multiples of the task's length, e.g. 1,2,4,8 (tasks with a length option: mqar, passkey, lm).")] = None,
+    plot: Annotated[str | None, typer.Option(help="With --eval-lengths: write the test metric against length here (PNG).")] = None,
 ) -> None:
     """Train one architecture on one task within a budget; print its metrics and costs.
     Exit status 1 when the candidate fails (NaN, divergence, out of memory, time limit, build error)."""
@@ -215,14 +221,18 @@ def train_command(
         limit = Budget.parse(budget) if budget else None
     except ValueError as e:
         fail(str(e))
+    factors = _factors(eval_lengths) if eval_lengths is not None else ()
+    if plot is not None:
+        _check_plot(plot, factors)
     config = TrainConfig(d_model=d_model, layers=layers, budget=limit, lr=lr, batch_size=batch_size, seed=seed,
-                         max_memory=_ceiling(max_memory), time_limit=time_limit)  # fmt: skip
+                         max_memory=_ceiling(max_memory), time_limit=time_limit, eval_lengths=factors)  # fmt: skip
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), disable=json_output, transient=True,
     )  # fmt: skip
     try:
         the_task = get_task(task)
+        _check_lengths(the_task, factors)
         with bar:
             handle = bar.add_task("preparing data", total=1.0)
             show_step = lambda info: bar.update(handle, completed=info.fraction, description=f"step {info.step}  loss {info.loss:.4g}")  # noqa: E731
@@ -248,8 +258,63 @@ def train_command(
             table.add_row(f"FLOPs/token @ T={result.costs['seq_len']}", f"{result.costs['flops_per_token']:,.0f}")
             table.add_row(f"state size @ T={result.costs['seq_len']}", f"{result.costs['state_size']:,}")
         console.print(table)
+        if result.lengths:
+            console.print(_lengths_table(result))
+    if plot is not None and result.lengths:
+        from pathlib import Path
+
+        from einsearch.report import length_plot
+
+        trained = result.costs["seq_len"] if result.costs else None
+        written = length_plot({clip(arch, 40, quote=False): result.lengths}, result.metric, Path(plot), trained=trained)
+        typer.echo(f"wrote {written}", err=json_output)  # --json: stdout holds the JSON only
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _factors(text: str) -> tuple[int, ...]:
+    """--eval-lengths: whole multiples of the task's length, at least 1, e.g. 1,2,4,8 (sorted, once each)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(re.fullmatch(r"[0-9]{1,9}", part) and int(part) >= 1 for part in parts):
+        fail(f"--eval-lengths {clip(text, 40)}: expected whole numbers of at least 1 separated by commas, e.g. 1,2,4,8")
+    return tuple(sorted({int(part) for part in parts}))
+
+
+def _check_plot(path: str, factors: tuple[int, ...]) -> None:
+    from pathlib import Path
+
+    if not factors:
+        fail("--plot draws the test metric against length: it needs --eval-lengths, e.g. --eval-lengths 1,2,4,8")
+    if not Path(path).parent.is_dir():
+        fail(f"--plot {clip(path, 60)}: no such folder {clip(str(Path(path).parent), 60)}")
+
+
+def _check_lengths(task: Task, factors: tuple[int, ...]) -> None:
+    """Exit 2 now, before training, if `task` cannot be tested at one of `factors` × its length."""
+    from einsearch.tasks import TaskError
+    from einsearch.tasks.registry import TASKS
+    from einsearch.train import length_task
+
+    for factor in factors:
+        try:
+            length_task(task, factor)
+        except TaskError as e:
+            if task.length_option is None:
+                with_length = ", ".join(name for name, cls in TASKS.items() if cls.length_option is not None)
+                fail(f"--eval-lengths: {e} (tasks with a length option: {with_length})")
+            fail(f"--eval-lengths {factor}: {e}")
+
+
+def _lengths_table(result: TrainResult) -> Table:
+    """The test metric at each length that `--eval-lengths` asked for (or why that length failed)."""
+    metric = result.metric
+    table = Table(title=f"test {metric} against length", box=None)
+    for column in ("× length", "tokens", metric):
+        table.add_column(column, justify="right")
+    for row in result.lengths:
+        value = f"{row[metric]:.4f}" if metric in row else f"failed ({row['reason']}): {clip(row['detail'], 60, quote=False)}"
+        table.add_row(f"×{row['factor']}", f"{row['tokens']:,}", value)
+    return table
 
 
 @app.command("tasks")

@@ -1,9 +1,11 @@
 """Tables and plots of a run folder: leaderboard, best-so-far curves, cost scatter with the
-Pareto front, which primitives the best candidates use, and the finalists' table and verdict."""
+Pareto front, which primitives the best candidates use, and the finalists' table and verdict;
+and the curve of a trained model's test metric against length (`einsearch train --eval-lengths`)."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich import box
@@ -98,6 +100,27 @@ def write_plots(folder: RunFolder, records: list[TrialRecord], metric: str, maxi
         ax.legend()
         paths.append(_save(fig, folder.path / "primitives.png"))
     return paths
+
+
+def length_plot(curves: dict[str, Sequence[dict]], metric: str, path: Path, trained: int | None = None) -> Path:
+    """The test metric against the test length in tokens (log scale), one line per curve (e.g.
+    one per architecture) from `TrainResult.lengths` rows; lengths that failed are left out.
+    `trained`: the training length, marked by a dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, rows in curves.items():
+        tested = [row for row in rows if metric in row]
+        ax.plot([row["tokens"] for row in tested], [row[metric] for row in tested], "o-", label=label)
+    if trained is not None:
+        ax.axvline(trained, color="grey", linestyle=":", label="training length")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="test length (tokens)", ylabel=f"test {metric}", title=f"test {metric} against length")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

@@ -27,6 +27,15 @@ At the end the model is evaluated on the validation and the test split (``val/<m
 validation evaluation instead of the last ones: early stopping by selection, within the budget
 (``TrainResult.selected_step`` says which).
 
+Length generalisation: with ``eval_lengths`` (e.g. ``(1, 2, 4, 8)``), the tested weights are
+also tested at those multiples of the task's sequence length, on the test split of
+`length_task` (the task's `Task.at_length`: same seed, its own data at that length, about as
+many test tokens at every length); ``TrainResult.lengths`` holds one row per factor, and a length
+at which the model fails (non-finite metrics, out of memory) is recorded there, not raised: the
+curve of metric against length shows, e.g., the state collapse of recurrent models beyond their
+training length (Chen et al. 2024, "Stuffed Mamba: State Collapse and State Capacity of
+RNN-Based Long-Context Modeling").  A task without a length raises `TaskError` before training.
+
 Rungs (a search's successive halving): at each step of ``rungs`` the run is scored for the
 scheduler on a *copy* of the model (and of its optimiser) that first cools down: ``rung_cooldown``
 × the steps so far more steps, with the learning rate falling linearly from the current one to
@@ -64,7 +73,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -116,6 +125,7 @@ class TrainConfig:
     init_from: str | None = None  # start from these trained weights (safetensors) where the trees agree ...
     init_arch: str | None = None  # ... those of this architecture (see `einsearch.inherit`)
     max_memory: int | None = None  # bytes a candidate may need (estimated before building); None: half the machine's memory
+    eval_lengths: tuple[int, ...] = ()  # after training, test at these multiples of the task's length (see the module doc)
 
     def __post_init__(self) -> None:
         if self.selection not in (None, "last", "best"):
@@ -134,6 +144,8 @@ class TrainConfig:
             raise ValueError(f"max_memory must be a positive number of bytes, got {self.max_memory}")
         if any(step < 1 for step in self.rungs):
             raise ValueError(f"rungs are steps, at least 1: got {self.rungs}")
+        if any(factor < 1 for factor in self.eval_lengths):
+            raise ValueError(f"eval_lengths are whole multiples of the task's length, at least 1: got {self.eval_lengths}")
 
     def limit(self, budget: Budget) -> float | None:
         """The safety limit in seconds: `time_limit`, else 1.5 × a time budget + 60 s, else (a
@@ -178,6 +190,7 @@ class TrainResult:
     inherited: int = 0  # tensors that started from `TrainConfig.init_from` instead of a fresh initialisation
     rungs: tuple[dict[str, float], ...] = ()  # at each rung reached: step, cooldown (steps) and the copy's validation metrics
     resumed_from: int = 0  # the step of the saved state (`TrainConfig.state_path`) it continued from; 0: from scratch
+    lengths: tuple[dict[str, Any], ...] = ()  # per `TrainConfig.eval_lengths` factor: factor, tokens, test metrics or reason and detail
 
     @property
     def ok(self) -> bool:
@@ -195,6 +208,7 @@ class TrainResult:
         data = dict(data)
         data["history"] = tuple(data.get("history", ()))
         data["rungs"] = tuple(data.get("rungs", ()))
+        data["lengths"] = tuple(data.get("lengths", ()))
         data["metrics"] = {k: (float("nan") if v is None else v) for k, v in data.get("metrics", {}).items()}
         return cls(**data)
 
@@ -295,6 +309,8 @@ def train(
     metrics: at a rung, the rung's score).
     `progress(StepInfo)` is called after every step (e.g. for a progress bar)."""
     task = get_task(task)
+    for factor in config.eval_lengths:  # a task without a length, or too long a one, is the caller's problem
+        length_task(task, factor)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     if isinstance(task, MAD):
@@ -423,6 +439,7 @@ def _train_one(
             model.load_state_dict(best.state)
             val, outcome["selected_step"] = best.metrics, best.step
         test = evaluate(task, model, splits.test, started, limit)
+        outcome["lengths"] = evaluate_lengths(task, model, config.eval_lengths, started, limit)
     except Failure as failure:
         return finish("failed", failure.reason, failure.detail)
     except Exception as error:  # noqa: BLE001 - the candidate's failure, reported, never raised
@@ -437,6 +454,42 @@ def _train_one(
     if config.weights_path is not None:
         save_weights(model, config.weights_path)
     return finish("ok", None)
+
+
+def length_task(task: Task, factor: int) -> Task:
+    """The task that tests `task`'s model at `factor` times its length: `Task.at_length`, of
+    which only the test split is used, so where the task counts its examples (options train, val
+    and test) train and val shrink to one example and test to ⌈test / factor⌉ (about as many
+    test tokens at every length).  Its data is its own, generated with the same seed at the
+    longer length; at factor 1 its test split is the task's own (the splits draw from
+    independent generators)."""
+    if {"train", "val", "test"} <= {f.name for f in fields(task)}:  # type: ignore[arg-type]
+        task = replace(task, train=1, val=1, test=math.ceil(task.test / factor))  # type: ignore[attr-defined]
+    return task.at_length(factor)
+
+
+def evaluate_lengths(task: Task, model: nn.Module, factors: tuple[int, ...], started: float, limit: float | None) -> tuple[dict[str, Any], ...]:
+    """The model's test metrics at each of `factors` times the task's length (`length_task`):
+    per factor, a dict of the factor, the test examples' length in tokens and the metrics, or,
+    where that length failed (non-finite metrics, out of memory, any error), ``reason`` and
+    ``detail`` instead.  Once the run's time limit has passed, the remaining lengths are
+    ``timeout`` without being tested."""
+    rows = []
+    for factor in factors:
+        longer = length_task(task, factor)
+        row: dict[str, Any] = {"factor": factor, "tokens": longer.tokens}
+        try:
+            if limit is not None and time.perf_counter() - started > limit:
+                raise Failure("timeout", f"not tested: the time limit of {limit:g}s had passed")
+            split = longer.data().test
+            row["tokens"] = int(next(iter(split.batches(1)))[0].shape[1])  # (1, T, ...): as long as the examples are
+            row.update(evaluate(longer, model, split, started, limit))
+        except Failure as failure:
+            row.update(reason=failure.reason, detail=failure.detail)
+        except Exception as error:  # noqa: BLE001 - the candidate's failure at this length, recorded
+            row.update(reason="oom" if is_out_of_memory(error) else "error", detail=f"{type(error).__name__}: {error}")
+        rows.append(row)
+    return tuple(rows)
 
 
 def take_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], batch: tuple, clip: float, where: str) -> float:

@@ -3,7 +3,7 @@ JSON, and the `train` / `tasks` commands."""
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import pytest
@@ -13,11 +13,13 @@ from typer.testing import CliRunner
 import einsearch
 from einsearch.cli import app
 from einsearch.tasks import Budget, Examples, Splits, Task, TaskError, get_task
+from einsearch.tasks.mqar import MQAR
 from einsearch.tasks.shell import NextStepModel, build_blocks
 from einsearch.train import TrainConfig, TrainResult, learning_rate, train
 
 TINY = "mlp(expand=1, act=relu)"
 SMALL_MQAR = "mqar:vocab=32,seq_len=16,pairs=2,train=64,val=16,test=16"
+STRETCHY_MQAR = "mqar:vocab=128,seq_len=16,pairs=2,train=64,val=16,test=16"  # vocab > seq_len up to 4x
 
 
 @pytest.fixture(autouse=True)
@@ -120,12 +122,69 @@ def test_callback_sees_validation_metrics_and_can_stop_early():
 
 
 def test_json_round_trip_and_non_finite_numbers_become_null():
-    result = train(TINY, SMALL_MQAR, CONFIG)
+    result = train(TINY, STRETCHY_MQAR, replace(CONFIG, eval_lengths=(1, 2)))
     data = json.loads(result.to_json())
-    assert {"status", "reason", "metrics", "costs", "steps", "seconds"} <= set(data)
+    assert {"status", "reason", "metrics", "costs", "steps", "seconds", "lengths"} <= set(data)
+    assert [row["factor"] for row in data["lengths"]] == [1, 2]
     assert TrainResult.from_dict(data) == result
+    del data["lengths"]  # a record from before eval_lengths
+    assert TrainResult.from_dict(data) == replace(result, lengths=())
     odd = TrainResult(status="failed", reason="nan", metrics={"x": float("nan")}, costs=None, steps=1, seconds=0.1)
     assert json.loads(odd.to_json())["metrics"]["x"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# tested at multiples of the training length (eval_lengths)
+
+
+def test_eval_lengths_test_the_trained_weights_at_each_multiple_of_the_length(tmp_path):
+    config = replace(CONFIG, eval_lengths=(1, 2, 4), weights_path=str(tmp_path / "w.safetensors"))
+    result = train("transformer", STRETCHY_MQAR, config)
+    assert result.ok, result.detail
+    assert [(row["factor"], row["tokens"]) for row in result.lengths] == [(1, 16), (2, 32), (4, 64)]
+    at_one = result.lengths[0]
+    assert {k: at_one[k] for k in ("loss", "accuracy", "exact")} == {k: result.metrics[f"test/{k}"] for k in ("loss", "accuracy", "exact")}
+    # by hand: the saved weights on the test split of the task written at twice the length
+    from safetensors.torch import load_file
+
+    longer = get_task("mqar:vocab=128,seq_len=32,pairs=2,train=1,val=1,test=8")  # test: ⌈16 / 2⌉
+    model = longer.model(einsearch.seeds["transformer"], 16, 1)
+    model.load_state_dict(load_file(tmp_path / "w.safetensors"))
+    model.eval()
+    inputs, targets = longer.data().test.tensors
+    with torch.no_grad():
+        logits = model(inputs.long())  # (8, 32, 128)
+    scored = targets != -100
+    accuracy = (logits.argmax(-1)[scored] == targets[scored]).float().mean().item()
+    loss = torch.nn.functional.cross_entropy(logits[scored], targets[scored].long()).item()
+    assert result.lengths[1]["accuracy"] == pytest.approx(accuracy) and result.lengths[1]["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_failure_at_one_length_is_recorded_and_the_run_stays_ok(monkeypatch):
+    honest = MQAR.evaluate
+
+    def fragile(self, model, split):
+        if self.seq_len == 32:
+            return {"loss": float("nan"), "accuracy": 0.0, "exact": 0.0}
+        if self.seq_len == 64:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return honest(self, model, split)
+
+    monkeypatch.setattr(MQAR, "evaluate", fragile)
+    result = train(TINY, STRETCHY_MQAR, replace(CONFIG, eval_lengths=(1, 2, 4)))
+    assert result.ok and math.isfinite(result.metrics["test/accuracy"])
+    reasons = [row.get("reason") for row in result.lengths]
+    assert reasons == [None, "nan", "oom"] and "accuracy" not in result.lengths[1]
+    assert TrainResult.from_dict(json.loads(result.to_json())) == result
+
+
+def test_eval_lengths_of_a_task_without_a_length_raise_before_training():
+    with pytest.raises(TaskError, match="faulty has no sequence length option"):
+        train(TINY, Faulty(), replace(FAULT_CONFIG, eval_lengths=(2,)))
+    with pytest.raises(TaskError, match="vocab \\(32\\) must exceed seq_len \\(32\\)"):
+        train(TINY, SMALL_MQAR, replace(CONFIG, eval_lengths=(1, 2)))
+    with pytest.raises(ValueError, match="at least 1"):
+        TrainConfig(eval_lengths=(0, 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,3 +341,34 @@ def test_cli_tasks_lists_every_task_and_its_options():
                  "memorization", "mad", "passkey", "lm", "lorenz96", "ks", "csv"):  # fmt: skip
         assert name in result.stdout
     assert "horizon" in result.stdout and "power_a" in result.stdout
+
+
+def test_cli_train_eval_lengths_json_table_and_plot(tmp_path):
+    args = ["train", TINY, "--task", STRETCHY_MQAR, "--budget", "2steps", "--d-model", "8", "--layers", "1", "--eval-lengths", "4,1,2,2"]
+    result = runner.invoke(app, [*args, "--json", "--plot", str(tmp_path / "curve.png")])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # stdout holds the JSON only; "wrote ..." goes to stderr
+    assert [(row["factor"], row["tokens"]) for row in data["lengths"]] == [(1, 16), (2, 32), (4, 64)]  # sorted, once each
+    assert data["lengths"][0]["accuracy"] == data["metrics"]["test/accuracy"]
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "curve.png" in result.stderr
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0, table.output
+    assert "test accuracy against length" in table.stdout
+    assert [line.split()[:2] for line in table.stdout.splitlines() if line.strip()[:2] in ("×1", "×2", "×4")] == [["×1", "16"], ["×2", "32"], ["×4", "64"]]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [(["--task", STRETCHY_MQAR, "--eval-lengths", "0,2"], "--eval-lengths '0,2': expected whole numbers of at least 1"),
+     (["--task", STRETCHY_MQAR, "--eval-lengths", "1,,2"], "expected whole numbers"),
+     (["--task", STRETCHY_MQAR, "--eval-lengths", "two"], "expected whole numbers"),
+     (["--task", STRETCHY_MQAR, "--eval-lengths", "1.5"], "expected whole numbers"),
+     (["--task", "lorenz96", "--eval-lengths", "1,2"], "lorenz96 has no sequence length option, so it cannot be tested at other lengths (tasks with a length option: mqar, "),
+     (["--task", SMALL_MQAR, "--eval-lengths", "1,2"], "--eval-lengths 2: mqar: vocab (32) must exceed seq_len (32)"),
+     (["--task", STRETCHY_MQAR, "--plot", "x.png"], "--plot draws the test metric against length: it needs --eval-lengths"),
+     (["--task", STRETCHY_MQAR, "--eval-lengths", "1", "--plot", "/no/such/folder/x.png"], "no such folder")],
+)  # fmt: skip
+def test_cli_bad_eval_lengths_are_one_line_and_exit_2(args, message):
+    result = runner.invoke(app, ["train", TINY, "--budget", "1steps", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

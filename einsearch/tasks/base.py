@@ -11,7 +11,9 @@ supplies
 * ``evaluate(model, split)`` -> ``{metric: value}`` on a whole validation or test split;
 * class attributes: the primary ``metric`` and whether it is maximised (``mode``), the default
   ``budget``, ``batch_size`` and peak ``lr`` for the trainer, and which weights are tested
-  (``selection``: the last, or those of the best validation evaluation).
+  (``selection``: the last, or those of the best validation evaluation);
+* ``at_length(factor)``: the same task at `factor` times its sequence length, for tasks that name
+  their ``length_option`` (the trainer's ``eval_lengths`` tests at such lengths).
 
 All task-side problems (bad options, unreadable or malformed files) raise `TaskError`, whose
 message is one line meant for the user.  Every option declares its range with `option` (and
@@ -223,6 +225,7 @@ class Task(ABC):
     lr: ClassVar[float]
     positional: ClassVar[str | None] = None  # the option a bare value after "name:" sets (e.g. a path)
     selection: ClassVar[str] = "last"  # which weights are tested: "last", or "best" on validation
+    length_option: ClassVar[str | None] = None  # the option that sets the sequence length (see `at_length`)
 
     @property
     def spec(self) -> str:
@@ -268,6 +271,28 @@ class Task(ABC):
     def info(self) -> dict[str, Any]:
         """Facts about the data worth recording with a result (e.g. a corpus hash)."""
         return {}
+
+    def at_length(self, factor: int) -> Task:
+        """This task with sequences `factor` times as long: its `length_option` multiplied by
+        `factor`, every other option (the seed included) kept, so its data is generated afresh at
+        that length (length generalisation, e.g. the state collapse of recurrent models beyond
+        their training length: Chen et al. 2024, "Stuffed Mamba").  A task whose other options
+        must scale along overrides this.  Raises `TaskError` for a task without a length, and
+        where the longer task's options are out of range."""
+        if self.length_option is None:
+            raise TaskError(f"{self.name} has no sequence length option, so it cannot be tested at other lengths")
+        return self.scaled(factor, self.length_option)
+
+    def scaled(self, factor: int, *options: str) -> Task:
+        """This task with `options` multiplied by `factor` (a whole number, at least 1), checked
+        against their ranges as task text is (`check_option`)."""
+        if factor < 1:
+            raise TaskError(f"{self.name}: a length factor must be a whole number of at least 1, got {factor}")
+        fields = {f.name: f for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        values = {name: getattr(self, name) * factor for name in options}
+        for name, value in values.items():
+            check_option(self.name, fields[name], value)
+        return dataclasses.replace(self, **values)  # type: ignore[type-var]
 
 
 @lru_cache(maxsize=4)

@@ -151,6 +151,7 @@ class MQAR(TokenTask):
     search_budget: ClassVar[Budget] = Budget(steps=600)  # transformer: val accuracy 0.974 at 600, 0.898 at 500
     batch_size: ClassVar[int] = 64
     lr: ClassVar[float] = 3e-3
+    length_option: ClassVar[str] = "seq_len"
 
     # 256 by default: small enough for a CPU search to tell candidates apart within seconds of
     # training; Zoology's sweeps use vocab=8192.

@@ -13,7 +13,7 @@ back again. " repeated; the pass key line sits at a uniformly random sentence bo
 filler (its depth).  The model reads bytes (vocabulary 256) and is scored on the digits of the
 answer (teacher-forced: the digit at each answer position given the earlier ones; ``exact`` is
 the fraction of keys with every digit right), which is also all it is trained on.  ``test_len`` evaluates at another length than the training one (length
-generalisation).
+generalisation); so does ``at_length``, which the trainer's ``eval_lengths`` uses.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Splits, TaskError, option
+from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Splits, Task, TaskError, option
 from einsearch.tasks.cache import cached_arrays
 from einsearch.tasks.language import IGNORE, TokenTask, as_examples, split_seeds
 
@@ -66,6 +66,7 @@ class Passkey(TokenTask):
     batch_size: ClassVar[int] = 16
     lr: ClassVar[float] = 1e-3
     eval_batch_size: ClassVar[int] = 32
+    length_option: ClassVar[str] = "seq_len"
 
     seq_len: int = option(512, "bytes per training example", at_least=1, at_most=2**20)
     test_len: int = option(0, "bytes per test example (0: seq_len)", at_least=0, at_most=2**20)
@@ -92,6 +93,10 @@ class Passkey(TokenTask):
     @property
     def vocab_size(self) -> int:
         return 256
+
+    def at_length(self, factor: int) -> Task:
+        """seq_len and, where set, test_len `factor` times longer (test_len=0 stays: seq_len)."""
+        return self.scaled(factor, "seq_len", "test_len")
 
     def make_data(self) -> Splits:
         lengths = (self.seq_len, self.seq_len, self.test_len or self.seq_len)
