@@ -29,6 +29,7 @@ from einsearch.tasks.mad import (
 )
 from einsearch.tasks.mqar import MQAR
 from einsearch.tasks.passkey import Passkey
+from einsearch.tasks.pointer import Hull, Sort
 from einsearch.tasks.series import CSVSeries
 
 TASKS: dict[str, type[Task]] = {
@@ -36,6 +37,7 @@ TASKS: dict[str, type[Task]] = {
     for cls in (
         MQAR, Disjoint, Recall, FuzzyRecall, NoisyRecall, SelectiveCopy, Compression, Memorization, MAD,
         Passkey, LM, Lorenz96, KuramotoSivashinsky, CSVSeries,
+        Sort, Hull,
     )
 }  # fmt: skip
 
