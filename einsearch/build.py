@@ -122,6 +122,12 @@ class Builder:
 
         return Wired(self.d, make_node, graph=a.variant, nodes=a["nodes"], k=a.get("k"), p=a.get("p"), seed=a["seed"])
 
+    def hier(self, a: Arch) -> Mixer:
+        from einsearch.primitives.hier import Hier
+
+        slow, fast = self._children(a)
+        return Hier(self.d, slow, fast, rate=a["rate"])
+
     # token mixers
     def attn(self, a: Arch) -> Mixer:
         if a.variant == "softmax":

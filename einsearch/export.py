@@ -41,6 +41,7 @@ ORDER = (
     "einsearch.primitives.local",
     "einsearch.primitives.attention",
     "einsearch.primitives.combinators",
+    "einsearch.primitives.hier",
     "einsearch.primitives.scan",
     "einsearch.primitives.memory",
     "einsearch.primitives.linear_attention",

@@ -24,6 +24,7 @@ def test_every_seed_exports_and_reproduces_its_outputs(tmp_path):
             expected[name] = model(tokens)
     code = f"""
 import importlib, sys, torch
+torch.set_num_threads({torch.get_num_threads()})  # as here: a matrix product's rounding depends on the threads
 sys.modules["einsearch"] = None            # einsearch must not be importable
 sys.modules["networkx"] = None             # nor networkx: graphs travel as edge lists
 sys.path.insert(0, {str(tmp_path)!r})

@@ -17,7 +17,7 @@ def test_zoo_has_the_published_mixers():
         "transformer", "lstm", "gru", "rhn_attention", "mamba", "gla", "retnet", "deltanet", "gated_deltanet",
         "linear_attention", "aaren", "titans", "moneta", "yaad", "memora", "rat", "rat_hybrid",
         "universal_transformer", "mambaout", "routing_transformer", "landmark", "sparse_rnn", "pararnn_gru",
-        "linear",
+        "linear", "cm_hrnn",
     }  # fmt: skip
     assert expected <= set(SEEDS)
 
