@@ -172,7 +172,8 @@ class Builder:
     def rnn(self, a: Arch) -> Mixer:
         from einsearch.primitives.recurrent import RNN
 
-        return RNN(self.d, cell=a.variant, heads=a["heads"], wiring=a["wiring"], parallel=a["parallel"])
+        return RNN(self.d, cell=a.variant, heads=a["heads"], wiring=a["wiring"], parallel=a["parallel"],
+                   recode=a.get("recode"))
 
     def rat(self, a: Arch) -> Mixer:
         from einsearch.primitives.rat import RAT

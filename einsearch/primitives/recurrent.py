@@ -1,8 +1,8 @@
 """Nonlinear recurrent cells (LSTM, GRU, RHN, sLSTM, Elman), run step by step or by Newton (ParaRNN).
 
-`rnn(cell, heads=H, wiring=none|ws|ba|er, parallel=sequential|newton)` splits the width into H
-heads of size d = d_model / H.  As in FlashRNN (Pöppel et al. 2024) the input projections of every
-gate are one matmul over the whole sequence, and the recurrent weights are block-diagonal: one
+`rnn(cell, heads=H, wiring=none|ws|ba|er, parallel=sequential|newton[, recode=l2])` splits the width
+into H heads of size d = d_model / H.  As in FlashRNN (Pöppel et al. 2024) the input projections of
+every gate are one matmul over the whole sequence, and the recurrent weights are block-diagonal: one
 (d, gates·d) matrix per head.  Per head, with u_t = W x_t + b (all gates) and the recurrent
 pre-activation R h + b_r:
 
@@ -49,6 +49,34 @@ cell needs a handful.  Gradients use the implicit function theorem at the soluti
 back-propagated through one evaluation of F, which gives the gradients of the sequential loop.
 `reference` is then the sequential loop.  FLOPs count the recurrence as the sequential loop
 computes it, not the solver's work.
+
+recode=l2 (Ulmer 2019, "Recoding latent sentence representations – Dynamic gradient-based
+activation modification in RNNs"): before each update the hidden state takes one gradient step
+down a local error signal, and the cell runs from the corrected ("recoded") state.  The thesis
+recodes an LSTM language model's h_t and c_t by  h_t ← h_t − α ∇_{h_t} δ_t,  δ_t the surprisal of
+the next token under the prediction read from h_t (or an MC-dropout / ensemble uncertainty),
+before that token is consumed.  A block has no vocabulary, so the error here is the squared error
+of a linear prediction of the input the cell is about to consume, a predictive-coding error with
+one matrix W_h (D, d) per head predicting x_t from the head's h_{t-1}:
+      e_t = ½ Σ_heads ‖x_t − W_h h_{t-1}‖²
+      h'_{t-1} = h_{t-1} − η_h ∇_{h_{t-1}} e_t = h_{t-1} + η_h W_hᵀ (x_t − W_h h_{t-1})
+      s_t = cell(u_t, s_{t-1} with h_{t-1} replaced by h'_{t-1})
+The gradient is exact and closed form (no autograd inside the forward) and linear in h:
+h' = h − G_h h + p_t with G_h = η_h W_hᵀ W_h (d × d, formed once per call) and p_t = η_h W_hᵀ x_t
+(one matmul over the whole sequence), so a step costs one more d × d product per head; `step`,
+one token at a time, uses the residual form above instead of forming G.  It is causal: x_t is
+the input the cell consumes at t anyway (the thesis' target is likewise the token its next step
+consumes).  Every t is treated alike, t = 0 included (the zero initial state is recoded too,
+h'_{-1} = p_0).  Heads and positions stay independent, so parallel=newton solves the recoded
+recurrence as well (the correction is part of its F).  The step η_h = softplus(ρ_h) is learned,
+one per head, starting at 0.5 (the step size in the thesis' configurations): the thesis learns
+its step size too (a learned scalar, or an MLP), a learned step leaves the search no value to
+tune, and softplus keeps it a step down the error (η = 0 would be the plain cell).  Differences
+from the thesis: only h is recoded (e_t reads h alone; the thesis also moves c, through
+h = o ⊙ tanh(c) within the step, which would need o_{t-1} carried), and training differentiates
+through the correction (the thesis detaches the recoded state), so forward, step, Newton and the
+plain loop share one exact gradient.  The state is unchanged: the correction reads x_t, h_{t-1}
+and weights only.  The fused Triton step loops have no correction, so recode runs the PyTorch loop.
 """
 
 from __future__ import annotations
@@ -180,12 +208,27 @@ CELLS = {
     "elman": CellSpec(elman_cell, ("h",), 1, 1, (0.0,)),
 }
 
-def naive_rnn_states(cell: str, u: Tensor, R: Tensor, b: Tensor, s0: Tensor | None = None) -> Tensor:
+def recode_state(s: Tensor, target: Tensor, gram: Tensor, components: tuple[str, ...]) -> Tensor:
+    """The recoding step on the h component of a state: h' = h − G h + p (see the module docstring).
+
+    s (..., H, S), target p (..., H, d), gram G (H, d, d) symmetric -> s with h replaced by h'.
+    """
+    d = s.shape[-1] // len(components)
+    start = components.index("h") * d
+    h = s[..., start : start + d]  # (..., H, d)
+    h = h - torch.einsum("...hi,hij->...hj", h, gram) + target
+    return torch.cat([s[..., :start], h, s[..., start + d :]], -1)
+
+
+def naive_rnn_states(
+    cell: str, u: Tensor, R: Tensor, b: Tensor, s0: Tensor | None = None, recode: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """The plain loop over t of a cell, returning every state (the reference of the fused kernel).
 
     u (B, T, H, input_gates·d), R (H, d, recurrent_gates·d), b (H, recurrent_gates·d),
     s0 (B, H, S) or None for zeros -> states (B, T, H, S), S = components·d, each step
-    `recurrent.CELLS[cell].step(u_t, s, R, b)`.
+    `recurrent.CELLS[cell].step(u_t, s, R, b)`.  With recode = (targets (B, T, H, d), gram (H, d, d))
+    the state is first recoded, `recode_state(s, targets_t, gram)`.
     """
     spec = CELLS[cell]
     B, T, H, _ = u.shape
@@ -193,6 +236,8 @@ def naive_rnn_states(cell: str, u: Tensor, R: Tensor, b: Tensor, s0: Tensor | No
         s0 = u.new_zeros(B, H, len(spec.components) * R.shape[1])
     s, states = s0, []
     for t in range(T):
+        if recode is not None:
+            s = recode_state(s, recode[0][:, t], recode[1], spec.components)
         s = spec.step(u[:, t], s, R, b)
         states.append(s)
     return torch.stack(states, 1) if states else u.new_zeros(B, 0, H, s0.shape[-1])
@@ -338,16 +383,22 @@ class ImplicitAdjoint(torch.autograd.Function):
 # ---------------------------------------------------------------- the module
 
 
-class RNN(Mixer):
-    """rnn(cell, heads, wiring, parallel): a multi-head nonlinear RNN; y_t = W_o h_t (see module docstring)."""
+RECODE_STEP = 0.5  # η at initialisation: the thesis' step size
 
-    def __init__(self, d_model: int, cell: str, heads: int, wiring: str, parallel: str):
+
+class RNN(Mixer):
+    """rnn(cell, heads, wiring, parallel[, recode]): a multi-head nonlinear RNN; y_t = W_o h_t (see module doc)."""
+
+    def __init__(self, d_model: int, cell: str, heads: int, wiring: str, parallel: str, recode: str | None = None):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"rnn: unknown cell {cell!r}")
         if parallel not in ("sequential", "newton"):
             raise ValueError(f"rnn: unknown parallel form {parallel!r}")
+        if recode not in (None, "l2"):
+            raise ValueError(f"rnn: unknown recoding error {recode!r}; the grammar has l2")
         self.d_model, self.heads, self.cell, self.wiring, self.parallel = d_model, heads, cell, wiring, parallel
+        self.recode = recode
         self.d = head_dim(d_model, heads, "rnn")
         self.spec = CELLS[cell]
         d, gates = self.d, self.spec.recurrent_gates
@@ -364,6 +415,11 @@ class RNN(Mixer):
             nn.init.uniform_(self.input.bias, -bound, bound)
             offsets = torch.tensor(self.spec.bias_offsets).repeat_interleave(d)  # (gates·d,)
             self.recurrent_bias.add_(offsets)
+        if recode is not None:  # created last, so the weights above are those of the plain cell at the same seed
+            self.predict = nn.Parameter(torch.empty(heads, d_model, d))  # W_h: x̂_t = W_h h_{t-1}, per head
+            rate = math.log(math.expm1(RECODE_STEP))  # ρ with softplus(ρ) = η
+            self.recode_rate = nn.Parameter(torch.full((heads,), rate))  # ρ_h, η_h = softplus(ρ_h)
+            nn.init.uniform_(self.predict, -1 / math.sqrt(d_model), 1 / math.sqrt(d_model))  # W_hᵀW_h ≈ I/3
         if parallel == "newton":
             self.reference = self.sequential_forward  # the contract compares forward with the plain loop
 
@@ -384,28 +440,46 @@ class RNN(Mixer):
     def _output(self, hidden: Tensor) -> Tensor:
         return self.out(hidden.flatten(-2))  # (..., H, d) -> (..., D)
 
+    def _recoding(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(targets p_t = η_h W_hᵀ x_t (B, T, H, d), gram G_h = η_h W_hᵀ W_h (H, d, d)); None without recode."""
+        if self.recode is None:
+            return None
+        eta = F.softplus(self.recode_rate)  # (H,)
+        targets = torch.einsum("btD,hDd->bthd", x, self.predict) * eta[:, None]
+        gram = torch.einsum("hDi,hDj->hij", self.predict, self.predict) * eta[:, None, None]
+        return targets, gram
+
+    def _newton_cell(self, x: Tensor, form: NewtonForm) -> Callable[[Tensor], Tensor]:
+        """Newton's F: the sequence of previous states (B, T, H, S) -> the next states, position by position."""
+        u, R, recoding = self._input_preactivations(x), self._masked_recurrent(), self._recoding(x)
+
+        def cell(previous: Tensor) -> Tensor:
+            if recoding is not None:
+                previous = recode_state(previous, *recoding, form.components)
+            return form.step(u, previous, R, self.recurrent_bias)
+
+        return cell
+
     # ---- the hidden sequence h (B, T, H, d), before the output projection
     def naive_hidden_sequence(self, x: Tensor) -> Tensor:
         """The plain loop over t."""
         u, R = self._input_preactivations(x), self._masked_recurrent()
-        states = naive_rnn_states(self.cell, u, R, self.recurrent_bias, self._initial_state(x.shape[0]))
+        s0 = self._initial_state(x.shape[0])
+        states = naive_rnn_states(self.cell, u, R, self.recurrent_bias, s0, recode=self._recoding(x))
         return hidden_part(states, self.spec.components)
 
     def newton_states(self, x: Tensor) -> tuple[Tensor, int]:
         """The state sequence (B, T, H, S) of the cell's Newton form, without gradients, and the iterations used."""
         form = self.spec.newton_form()
         with torch.no_grad():
-            u, R = self._input_preactivations(x), self._masked_recurrent()
-            cell = lambda previous: form.step(u, previous, R, self.recurrent_bias)  # noqa: E731
-            return newton_solve(cell, self._initial_state(x.shape[0], form.initial), x.shape[1])
+            return newton_solve(self._newton_cell(x, form), self._initial_state(x.shape[0], form.initial), x.shape[1])
 
     def newton_hidden_sequence(self, x: Tensor) -> Tensor:
         """Newton's solution, made differentiable by one evaluation of the cell and the implicit adjoint."""
         form = self.spec.newton_form()
         solution, _ = self.newton_states(x)
         previous = shift(solution, self._initial_state(x.shape[0], form.initial))
-        u, R = self._input_preactivations(x), self._masked_recurrent()
-        cell = lambda prev: form.step(u, prev, R, self.recurrent_bias)  # noqa: E731
+        cell = self._newton_cell(x, form)
         states = cell(previous)  # (B, T, H, S), equal to `solution`
         if states.requires_grad:
             with torch.no_grad():
@@ -416,6 +490,8 @@ class RNN(Mixer):
     def hidden_sequence(self, x: Tensor) -> Tensor:
         if self.parallel == "newton":
             return self.newton_hidden_sequence(x)
+        if self.recode is not None:  # the fused step loops have no recoding: the PyTorch loop
+            return self.naive_hidden_sequence(x)
         states = dispatch.rnn_states(self.cell, self._input_preactivations(x), self._masked_recurrent(), self.recurrent_bias)
         return hidden_part(states, self.spec.components)
 
@@ -433,6 +509,11 @@ class RNN(Mixer):
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         u = self._input_preactivations(x[:, None])[:, 0]  # (B, H, input_gates·d)
+        if self.recode is not None:  # h' = h + η Wᵀ(x − W h): per token cheaper than forming G = η WᵀW
+            h = state[self.spec.components.index("h")]  # (B, H, d)
+            residual = x[:, None] - torch.einsum("hDd,bhd->bhD", self.predict, h)  # (B, H, D)
+            h = h + F.softplus(self.recode_rate)[:, None] * torch.einsum("hDd,bhD->bhd", self.predict, residual)
+            state = tuple(h if name == "h" else part for name, part in zip(self.spec.components, state))
         s = self.spec.step(u, torch.cat(state, -1), self._masked_recurrent(), self.recurrent_bias)
         return self._output(hidden_part(s, self.spec.components)), tuple(s.split(self.d, -1))
 
@@ -443,7 +524,12 @@ class RNN(Mixer):
         inputs = 2.0 * self.input.weight.numel()
         recurrent = 2.0 * self.heads * self.spec.recurrent_gates * float(self.mask.sum())
         output = 2.0 * self.out.weight.numel()
-        return (inputs + recurrent + output) * seq_len
+        if self.recode is None:
+            return (inputs + recurrent + output) * seq_len
+        d = self.d
+        targets, correction = 2.0 * self.predict.numel(), 2.0 * self.heads * d * d  # p_t = η Wᵀx_t; G h
+        gram = 2.0 * self.heads * d * d * self.d_model  # G = η WᵀW, once per sequence
+        return (inputs + recurrent + output + targets + correction) * seq_len + gram
 
     def state_size(self, seq_len: int) -> int:
         return len(self.spec.components) * self.d_model
