@@ -30,13 +30,14 @@ from einsearch.tasks.mad import (
 from einsearch.tasks.mqar import MQAR
 from einsearch.tasks.passkey import Passkey
 from einsearch.tasks.pointer import Hull, Sort
+from einsearch.tasks.seqrec import SeqRec
 from einsearch.tasks.series import CSVSeries
 
 TASKS: dict[str, type[Task]] = {
     cls.name: cls
     for cls in (
         MQAR, Disjoint, Recall, FuzzyRecall, NoisyRecall, SelectiveCopy, Compression, Memorization, MAD,
-        Passkey, LM, Lorenz96, KuramotoSivashinsky, CSVSeries,
+        Passkey, LM, Lorenz96, KuramotoSivashinsky, CSVSeries, SeqRec,
         Sort, Hull,
     )
 }  # fmt: skip
