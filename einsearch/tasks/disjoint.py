@@ -69,7 +69,7 @@ def disjoint_sets(
 class Disjoint(TokenTask):
     name: ClassVar[str] = "disjoint"
     summary: ClassVar[str] = "set disjointness: do two sets share an element? (JRT, Arora et al. 2024)"
-    budget: ClassVar[Budget] = Budget(steps=2000)
+    budget: ClassVar[Budget] = Budget(steps=2000)  # not calibrated; at sizes (2, 8) gla reaches 0.99 in 1000 steps, a transformer 0.6
     batch_size: ClassVar[int] = 64
     lr: ClassVar[float] = 3e-3
 

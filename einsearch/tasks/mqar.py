@@ -25,10 +25,12 @@ Two options come from later papers of the same group:
   ``num_passes`` keeps the total length and shortens the query region instead.)
 * ``mixture=zoology``: Zoology's protocol (its MQAR configs, e.g.
   ``zoology/experiments/mqar_example_configs/original_mqar_configs.py``): training data mixes
-  several (seq_len, pairs) settings and the test reports accuracy per setting, on settings
-  beyond the training ones (`ZOOLOGY_TRAIN`, `ZOOLOGY_TEST`).  A training batch comes from one
-  setting, as in Zoology's loader, which never mixes settings in a batch: sequences of one
-  length need no padding and no compute goes to it (`Mixture`).
+  five (seq_len, pairs) settings up to (256, 64), validation draws from the same five, and the
+  test reports accuracy per setting (``accuracy@512x128``) on seven settings up to (1024, 256)
+  (`ZOOLOGY_TRAIN`, `ZOOLOGY_TEST`; vocab must exceed 1024, Zoology uses 8192).  The options
+  ``train``, ``val`` and ``test`` are then totals, shared out over the settings.  A training
+  batch comes from one setting, as in Zoology's loader, which never mixes settings in a batch:
+  sequences of one length need no padding, so no compute goes to padding (`Mixture`).
 """
 
 from __future__ import annotations
