@@ -59,11 +59,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from einsearch.arch import Arch
-from einsearch.primitives.base import Mixer
 from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Examples, Splits, Task, TaskError, check_data_size, model_device, option
 from einsearch.tasks.cache import cached_arrays
 from einsearch.tasks.language import IGNORE, split_seeds, token_loss
-from einsearch.tasks.shell import Shell, build_blocks
+from einsearch.tasks.shell import PointerModel, build_blocks
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -118,52 +117,6 @@ def hull_targets(points: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # model
-
-
-class PointerHead(nn.Module):
-    """Additive attention as the output distribution (Vinyals et al. 2015, eq. 3): the scores
-    u_ij = v^T tanh(W1 e_j + W2 d_i) of each decoder state d_i over the keys e_j."""
-
-    def __init__(self, d_model: int):
-        super().__init__()
-        self.w1 = nn.Linear(d_model, d_model, bias=False)
-        self.w2 = nn.Linear(d_model, d_model, bias=False)
-        self.v = nn.Linear(d_model, 1, bias=False)
-
-    def forward(self, keys: Tensor, queries: Tensor) -> Tensor:  # (B, J, D), (B, I, D) -> (B, I, J)
-        u = torch.tanh(self.w1(keys)[:, None, :, :] + self.w2(queries)[:, :, None, :])  # (B, I, J, D)
-        return self.v(u).squeeze(-1)
-
-
-class PointerModel(Shell):
-    """Points (B, n, dim) and the pointers fed back (B, S) -> pointer logits (B, S + 1, n + 1) of
-    the S + 1 decoder steps over the n points and END (see the module docstring)."""
-
-    def __init__(self, blocks: list[Mixer], d_model: int, dim: int):
-        super().__init__(blocks, d_model)
-        self.options = dict(dim=dim)
-        self.enc = nn.Linear(dim, d_model)
-        self.dec = nn.Linear(dim, d_model)
-        self.go = nn.Parameter(torch.randn(d_model) * 0.02)
-        self.head = PointerHead(d_model)
-
-    def forward(self, points: Tensor, fed: Tensor) -> Tensor:
-        B, n, dim = points.shape
-        is_point = ((fed >= 0) & (fed < n))[..., None]  # (B, S, 1): END and IGNORE feed zeros
-        chosen = points.gather(1, fed.clamp(0, n - 1)[..., None].expand(-1, -1, dim))  # (B, S, dim)
-        steps = torch.where(is_point, self.dec(chosen), 0.0)  # (B, S, D)
-        go = self.go.expand(B, 1, -1)  # (B, 1, D)
-        h = self.trunk(torch.cat([self.enc(points), go, steps], dim=1))  # (B, n + 1 + S, D)
-        return self.head(h[:, : n + 1], h[:, n:])  # (B, S + 1, n + 1)
-
-    def io_flops(self, seq_len: int) -> float:
-        """For the training sequence of T = 2n + 1 positions: n points, n + 1 decoder steps."""
-        n = (seq_len - 1) // 2
-        keys, steps = n + 1, seq_len - n
-        D = self.d_model
-        embed = 2.0 * self.enc.weight.numel() * seq_len
-        head = 2.0 * D * D * (keys + steps) + 3.0 * D * keys * steps  # W1, W2; add, tanh and v per pair
-        return embed + head
 
 
 def greedy_decode(model: nn.Module, points: Tensor) -> Tensor:

@@ -45,7 +45,6 @@ a value that is not an integer (with its line number), too few users left to tra
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -58,10 +57,9 @@ from torch import Tensor, nn
 
 from einsearch.arch import Arch
 from einsearch.messages import clip, shown
-from einsearch.primitives.base import Mixer
 from einsearch.tasks.base import MAX_DATA_BYTES, SEEDS, Budget, Examples, Splits, Task, TaskError, check_data_size, model_device, option
 from einsearch.tasks.language import as_examples, split_seeds
-from einsearch.tasks.shell import Shell, build_blocks
+from einsearch.tasks.shell import RecommenderModel, build_blocks
 
 MAX_LOG_BYTES = MAX_DATA_BYTES // 8  # parsed rows take several times the file's size
 MIN_INTERACTIONS = 3  # fewer leave no training item once validation and test take theirs
@@ -213,25 +211,6 @@ def sample_negatives(rng: np.random.Generator, sequences: list[np.ndarray], item
 
 # ---------------------------------------------------------------------------------------------
 # model, metrics
-
-
-class RecommenderModel(Shell):
-    """SASRec's shell: item embedding -> blocks -> norm -> dot product with every item's embedding.
-    Items (B, T) long, 0 for padding -> scores (B, T, items + 1), the padding column at -inf."""
-
-    def __init__(self, blocks: list[Mixer], d_model: int, items: int):
-        super().__init__(blocks, d_model)
-        self.options = dict(items=items)
-        self.embed = nn.Embedding(items + 1, d_model, padding_idx=0)
-        nn.init.normal_(self.embed.weight[1:], std=d_model**-0.5)  # scores of order 1 from the start
-
-    def forward(self, items: Tensor) -> Tensor:
-        h = self.trunk(self.embed(items))  # (B, T, D)
-        scores = h @ self.embed.weight[1:].T  # (B, T, I)
-        return F.pad(scores, (1, 0), value=-math.inf)  # (B, T, I + 1): item 0 is never recommended
-
-    def io_flops(self, seq_len: int) -> float:
-        return 2.0 * self.embed.weight.numel() * seq_len
 
 
 def ranking_metrics(model: nn.Module, split: Examples, batch_size: int = 256) -> dict[str, float]:

@@ -12,7 +12,8 @@ import einsearch
 from einsearch.grammar.seeds import resolve
 from einsearch.tasks import Examples, TaskError, get_task
 from einsearch.tasks.language import IGNORE
-from einsearch.tasks.pointer import PointerModel, greedy_decode, hull_targets
+from einsearch.tasks.pointer import greedy_decode, hull_targets
+from einsearch.tasks.shell import PointerModel
 from einsearch.tasks.shell import build_blocks
 
 ATTENTION = einsearch.parse("res(seq(norm(rms), attn(softmax, heads=2, pos=rope)))")
