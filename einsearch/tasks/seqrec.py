@@ -48,7 +48,7 @@ import csv
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import IO, ClassVar
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from einsearch.arch import Arch
 from einsearch.messages import clip, shown
 from einsearch.tasks.base import MAX_DATA_BYTES, SEEDS, Budget, Examples, Splits, Task, TaskError, check_data_size, model_device, option
+from einsearch.tasks.files import read_text
 from einsearch.tasks.language import as_examples, split_seeds
 from einsearch.tasks.shell import RecommenderModel, build_blocks
 
@@ -82,30 +83,15 @@ class Log:
 
 
 def read_log(path: str) -> Log:
-    """Read an interaction log; every problem is a `TaskError` naming the file.  Kept in memory
-    while the file is unchanged (same size and modification time)."""
-    file = Path(path).expanduser()
-    if "\0" in path or not file.is_file():
-        raise TaskError(f"seqrec: no such file: {shown(path)}")
-    stat = file.stat()
-    if stat.st_size > MAX_LOG_BYTES:
-        raise TaskError(f"seqrec: {shown(path)} has {stat.st_size:,} bytes; at most {MAX_LOG_BYTES:,} fit in memory")
-    return _read_log(str(file), stat.st_size, stat.st_mtime_ns)
+    """Read an interaction log; every problem is a `TaskError` naming the file (see
+    `files.read_text`, which also keeps it in memory while the file is unchanged)."""
+    return read_text("seqrec", path, MAX_LOG_BYTES, _log_from)
 
 
-@lru_cache(maxsize=4)
-def _read_log(path: str, size: int, modified: int) -> Log:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            first = f.readline()
-            f.seek(0)
-            rows = _movielens_rows(f, shown(path)) if "::" in first else _csv_rows(csv.reader(f), shown(path))
-    except UnicodeDecodeError as e:
-        raise TaskError(f"seqrec: {shown(path)} is not a text file (a byte near offset {e.start:,} is not UTF-8)") from None
-    except csv.Error as e:
-        raise TaskError(f"seqrec: {shown(path)} is not a readable CSV ({clip(str(e), 80, quote=False)})") from None
-    except OSError as e:
-        raise TaskError(f"seqrec: cannot read {shown(path)}: {e.strerror or e}") from None
+def _log_from(f: IO[str], path: str) -> Log:
+    first = f.readline()
+    f.seek(0)
+    rows = _movielens_rows(f, path) if "::" in first else _csv_rows(csv.reader(f), path)
     table = np.array(rows, dtype=np.int64).reshape(-1, 3)  # (N, 3): user, item, timestamp
     return Log(users=table[:, 0].copy(), items=table[:, 1].copy(), times=table[:, 2].copy())
 

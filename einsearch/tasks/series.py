@@ -29,9 +29,8 @@ from __future__ import annotations
 import csv
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import IO, ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 from einsearch.arch import Arch
 from einsearch.messages import clip, shown
 from einsearch.tasks.base import MAX_DATA_BYTES, Budget, Splits, Task, TaskError, model_device, option
+from einsearch.tasks.files import read_text
 from einsearch.tasks.shell import ForecastModel, build_blocks, patch_count
 
 ROWS_PER_MONTH = {"ETTh": 30 * 24, "ETTm": 30 * 24 * 4}
@@ -56,28 +56,13 @@ class Table:
 
 
 def read_table(path: str) -> Table:
-    """Read a CSV in benchmark layout; every problem is a `TaskError` naming the file.  Kept in
-    memory while the file is unchanged (same size and modification time)."""
-    file = Path(path).expanduser()
-    if "\0" in path or not file.is_file():
-        raise TaskError(f"csv: no such file: {shown(path)}")
-    stat = file.stat()
-    if stat.st_size > MAX_CSV_BYTES:
-        raise TaskError(f"csv: {shown(path)} has {stat.st_size:,} bytes; at most {MAX_CSV_BYTES:,} fit in memory")
-    return _read_table(str(file), stat.st_size, stat.st_mtime_ns)
+    """Read a CSV in benchmark layout; every problem is a `TaskError` naming the file (see
+    `files.read_text`, which also keeps it in memory while the file is unchanged)."""
+    return read_text("csv", path, MAX_CSV_BYTES, _table_from)
 
 
-@lru_cache(maxsize=4)
-def _read_table(path: str, size: int, modified: int) -> Table:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return _parse_table(csv.reader(f), shown(path))
-    except UnicodeDecodeError as e:
-        raise TaskError(f"csv: {shown(path)} is not a text file (a byte near offset {e.start:,} is not UTF-8)") from None
-    except csv.Error as e:
-        raise TaskError(f"csv: {shown(path)} is not a readable CSV ({clip(str(e), 80, quote=False)})") from None
-    except OSError as e:
-        raise TaskError(f"csv: cannot read {shown(path)}: {e.strerror or e}") from None
+def _table_from(f: IO[str], path: str) -> Table:
+    return _parse_table(csv.reader(f), path)
 
 
 def _parse_table(reader, path: str) -> Table:
