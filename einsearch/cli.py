@@ -522,6 +522,78 @@ def export_command(
         typer.echo(f"wrote {path}")
 
 
+@app.command("inspect")
+def inspect_command(
+    arch_or_run: Annotated[str, typer.Argument(help="A run folder, or architecture text / a seed name together with --weights.")],
+    task: Annotated[str | None, typer.Option(help="Task with options (default: a run's own task; with an architecture: mqar).")] = None,
+    rank: Annotated[int, typer.Option(help="Run folder: which candidate of the leaderboard.", min=1)] = 1,
+    weights: Annotated[str | None, typer.Option(help="Architecture: its trained weights (.safetensors, e.g. from `einsearch export RUN --weights`).")] = None,
+    d_model: Annotated[int, typer.Option(help="Architecture: the model width the weights were trained at.", min=1)] = 64,
+    layers: Annotated[int, typer.Option(help="Architecture: the copies of the block the weights were trained with.", min=1)] = 2,
+    out: Annotated[str | None, typer.Option(help="Folder for attention.png (default: the run folder, else the current folder).")] = None,
+    examples: Annotated[int, typer.Option(help="Test examples whose attention is captured and averaged.", min=1)] = 64,
+    alpha: Annotated[float, typer.Option(help="A key is a sink when its mean received attention exceeds alpha/T (alpha > 0).")] = 5.0,
+    beta: Annotated[float, typer.Option(help="--calibrate: the share of a sink's attention a calibrated head keeps.", min=0.0, max=1.0)] = 0.4,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="ACT (Yu et al. 2024): choose heads on validation examples, print the test metric before/after.")] = False,
+    samples: Annotated[int, typer.Option(help="--calibrate: validation examples the heads are chosen on.", min=1)] = 256,
+) -> None:
+    """Softmax attention of a trained model: per-head attention sinks (share on the first token and
+    on other sink tokens), a PNG grid of attention maps, and with --calibrate the attention
+    calibration technique (ACT). `einsearch train` keeps no weights: inspect a run folder's
+    candidate, or an architecture with the weights `einsearch export RUN --weights` wrote."""
+    from pathlib import Path
+
+    from einsearch import inspect as look
+    from einsearch.messages import shown
+    from einsearch.tasks import TaskError, get_task
+
+    is_run = Path(arch_or_run).is_dir()
+    if not is_run and weights is None:
+        fail(f"{clip(arch_or_run, 40)} is not a run folder; an architecture needs --weights FILE (.safetensors): "
+             "`einsearch train` keeps no weights, `einsearch export RUN --weights` writes them")  # fmt: skip
+    folder = Path(out) if out is not None else Path(arch_or_run) if is_run else Path(".")
+    if not folder.is_dir():
+        fail(f"--out {shown(str(folder), 60)}: no such folder")
+    try:
+        the_task = get_task(task) if task is not None else None
+        if is_run:
+            loaded = look.load_trial(arch_or_run, rank, the_task)
+        else:
+            loaded = look.load_arch(_arch(arch_or_run), the_task or get_task("mqar"), weights, d_model, layers)
+        batch = next(iter(loaded.task.data().test.batches(examples)))
+        maps = look.capture(loaded.model, loaded.task, batch)
+        config = look.ActConfig(alpha=alpha, beta=beta)
+        result = look.calibrate(loaded.model, loaded.task, config, samples) if calibrate else None
+    except (look.InspectError, TaskError, BuildError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    typer.echo(f"{loaded.note}: {to_text(loaded.arch)} on {loaded.task.spec}")
+    table = Table(title=f"attention sinks, {len(batch[0])} test examples (a sink receives > {alpha:g}/T)")
+    for column in ("attention", "head", "first token", "other sinks", "sinks/example"):
+        table.add_column(column, justify="left" if column == "attention" else "right")
+    for s in look.sink_scores(maps, alpha):
+        table.add_row(s.site, str(s.head), f"{s.first:.3f}", f"{s.other:.3f}", f"{s.sinks:.2f}")
+    console.print(table)
+    typer.echo(f"wrote {look.plot_attention(maps, folder / 'attention.png', alpha=alpha)}")
+    if result is not None:
+        _print_calibration(result)
+
+
+def _print_calibration(result) -> None:
+    """ACT's head search (each head calibrated alone) and the test metric before and after."""
+    metric = result.metric
+    on = f"{result.samples} validation examples" if result.samples is not None else "the validation split"
+    table = Table(title=f"ACT (beta={result.config.beta:g}), one head at a time: {metric} on {on}, {result.baseline:.4f} uncalibrated")
+    for column in ("attention", "head", metric, "gain", "chosen"):
+        table.add_column(column, justify="left" if column == "attention" else "right")
+    chosen = set(result.heads)
+    for t in result.trials:
+        table.add_row(t.site, str(t.head), f"{t.metric:.4f}", f"{t.gain:+.4f}", "yes" if (t.site, t.head) in chosen else "")
+    console.print(table)
+    heads = ", ".join(f"{site} h{head}" for site, head in result.heads) or "none (no head improves alone)"
+    typer.echo(f"calibrated heads: {heads}")
+    typer.echo(f"test {metric}: {result.before[metric]:.4f} without, {result.after[metric]:.4f} with ACT")
+
+
 def main() -> None:
     app()
 
