@@ -6,6 +6,7 @@
     einsearch.seeds[name] -> Arch                      the seed zoo of published mixers
     einsearch.sample(space, seed_or_rng) -> Arch       a draw from a search space
     einsearch.train(arch, task, TrainConfig(...)) -> TrainResult
+    with einsearch.recycle(model, stride, keep): ...   step softmax attention with recycled attention
 """
 
 from einsearch.arch import Arch
@@ -23,6 +24,7 @@ from einsearch.grammar import (
     to_text,
 )
 from einsearch.grammar.seeds import resolve, seeds
+from einsearch.primitives.attention import Recycle, recycle
 from einsearch.primitives.base import BuildError
 from einsearch.tasks import Budget, TaskError, get_task
 from einsearch.train import TrainConfig, TrainResult, train
@@ -33,6 +35,7 @@ __all__ = [
     "Budget",
     "BuildError",
     "Costs",
+    "Recycle",
     "SpaceError",
     "TaskError",
     "TrainConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "load_space",
     "mutate",
     "parse",
+    "recycle",
     "resolve",
     "sample",
     "seeds",
