@@ -51,10 +51,11 @@ def trained_model(train_len: int, steps: int, lr: float, weights: Path) -> torch
         start = time.process_time()
         config = TrainConfig(budget=Budget(steps=steps), lr=lr, weights_path=str(weights), eval_lengths=(1, 2, 4))
         result = train(arch, task, config)
-        print(f"trained {steps} steps at {train_len} bytes in {time.process_time() - start:.0f} CPU s ({result.status})")
+        cpu = time.process_time() - start
+        print(f"trained {steps} steps at {train_len} bytes in {cpu:.0f} CPU s ({result.status})")
         for row in result.lengths:  # the trainer's teacher-forced forward test at each length
-            print(f"  forward test x{row['factor']} ({row['tokens']} bytes): digits {row.get('accuracy', float('nan')):.3f}"
-                  f"  exact {row.get('exact', float('nan')):.3f}")  # fmt: skip
+            digits, exact = row.get("accuracy", float("nan")), row.get("exact", float("nan"))
+            print(f"  forward test x{row['factor']} ({row['tokens']} bytes): digits {digits:.3f}  exact {exact:.3f}")
     from safetensors.torch import load_file
 
     model = task.model(arch, 64, 2)

@@ -130,7 +130,8 @@ def test_a_state_from_ordinary_stepping_continues_with_a_full_step():
 
 
 def test_the_context_sets_full_attention_in_a_model_and_restores_it():
-    block = einsearch.build(einsearch.parse("seq(attn(softmax, heads=2, pos=rope), attn(softmax, heads=2, window=3, pos=none))"), D)
+    text = "seq(attn(softmax, heads=2, pos=rope), attn(softmax, heads=2, window=3, pos=none))"
+    block = einsearch.build(einsearch.parse(text), D)
     full, windowed = [m for m in block.modules() if isinstance(m, SoftmaxAttention)]
     x = inputs()
     with torch.no_grad():
