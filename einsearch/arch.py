@@ -2,8 +2,9 @@
 
 An `Arch` is one node of the language (see `grammar/arch.lark`): an `op` (the rule name), an
 optional `variant` (e.g. ``softmax`` in ``attn(softmax, ...)``), named `params` in canonical
-order, and child architectures.  Text is produced by `einsearch.grammar.to_text`; `Arch.id` is a
-content hash of that text, identical across processes and machines.
+order, and child architectures.  Its canonical text, ``op(variant, child, ..., key=value, ...)``, is
+printed here (`to_text`) because `Arch.id` is a content hash of that text, identical across
+processes and machines; `einsearch.grammar.parse` reads it back.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ class Arch:
 
     @property
     def text(self) -> str:
-        from einsearch.grammar.printer import to_text
-
         return to_text(self)
 
     @property
@@ -58,3 +57,23 @@ class Arch:
 
     def __str__(self) -> str:
         return self.text
+
+
+# --------------------------------------------------------------------------- canonical text
+def format_value(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def to_text(arch: Arch, indent: int | None = None) -> str:
+    """One-line canonical text, or a multi-line layout (which parses to the same tree) with `indent`."""
+    head = [arch.variant] if arch.variant is not None else []
+    children = [to_text(c, indent) for c in arch.children]
+    params = [f"{k}={format_value(v)}" for k, v in arch.params]
+    items = head + children + params
+    if indent is None or not arch.children:
+        return f"{arch.op}({', '.join(items)})"
+    pad = " " * indent
+    body = ",\n".join(pad + line.replace("\n", "\n" + pad) for line in items)
+    return f"{arch.op}(\n{body}\n)"

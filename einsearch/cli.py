@@ -11,11 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from einsearch.arch import Arch
+from einsearch.arch import Arch, format_value
 from einsearch.build import build
 from einsearch.costs import costs
 from einsearch.grammar import ArchSyntaxError, to_text
-from einsearch.grammar.printer import format_value
 from einsearch.grammar.seeds import resolve, seeds
 from einsearch.messages import clip
 from einsearch.primitives.base import BuildError

@@ -34,7 +34,6 @@ from einsearch.primitives.graphs import GraphArgs, random_graph
 # Every module an export may need, in dependency order (a module only uses those above it).
 ORDER = (
     "einsearch.arch",
-    "einsearch.grammar.printer",
     "einsearch.primitives.base",
     "einsearch.primitives.graphs",
     "einsearch.primitives.channel",
@@ -53,7 +52,7 @@ ORDER = (
     "einsearch.build",
     "einsearch.tasks.shell",
 )
-ALWAYS = ("einsearch.arch", "einsearch.grammar.printer", "einsearch.primitives.base",
+ALWAYS = ("einsearch.arch", "einsearch.primitives.base",
           "einsearch.primitives.combinators", "einsearch.build", "einsearch.tasks.shell")  # fmt: skip
 # einsearch.kernels.dispatch picks a Triton kernel on a GPU; an export runs each op's PyTorch form.
 DISPATCH = {

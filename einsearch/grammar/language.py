@@ -23,10 +23,9 @@ from functools import lru_cache
 
 from lark import Lark, Token
 
-from einsearch.arch import Arch, Value
+from einsearch.arch import Arch, Value, format_value
 from einsearch.grammar.parser import MAX_DIGITS, _convert, grammar
 from einsearch.messages import clip
-from einsearch.grammar.printer import format_value
 
 MODULE = "module"  # the nonterminal every child position expands
 
