@@ -1,6 +1,6 @@
 """Optuna encoding of a space: each grammar decision is one ``trial.suggest_categorical``.
 
-`suggest` walks the same derivation as the sampler (`sampler.derive`), define-by-run: the op of
+`suggest` walks the same derivation as the sampler (`space.derive`), define-by-run: the op of
 each position, its variant, its parameters and its child count are asked of the trial in tree
 order.  Each decision is named by its path in the tree, built from the ops above it and the
 child index at each level, e.g.::
@@ -29,8 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from einsearch.arch import Arch
-from einsearch.grammar.sampler import derive, replay
-from einsearch.grammar.space import Space, SpaceError, Support, load_space
+from einsearch.grammar.space import Space, SpaceError, Support, derive, load_space, replay
 
 
 def suggest(trial: Any, space: Space | str) -> Arch:
