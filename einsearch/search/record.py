@@ -1,13 +1,18 @@
 """Run storage: the run folder, `trials.jsonl`, and the Optuna study that mirrors it.
 
-A run folder holds everything a search leaves behind (DESIGN.md §6):
+A run folder holds everything a search leaves behind (`writable_targets` lists what a session
+writes):
 
     runs/<name>/config.json        the RunConfig, so `--resume` needs nothing else
-    runs/<name>/study.journal      the Optuna study (unless --storage names another)
-    runs/<name>/trials.jsonl       one line per finished trial (the source of truth)
+    runs/<name>/study.journal      the Optuna study (unless --storage names another); it decides
+                                   which trials finished, and keeps a copy of each trial's record
+    runs/<name>/trials.jsonl       one line per finished trial: arch, id, metrics, costs, status,
+                                   reason (a line lost in a crash is restored from the study's copy)
     runs/<name>/weights/<n>.safetensors   trained weights of the best trials (and with --inherit of
                                           evolution's population, the parents of later children)
-    runs/<name>/best/              arch.txt and weights.safetensors of the current best
+    runs/<name>/best/              arch.txt, trial.json and weights.safetensors of the current best
+    runs/<name>/finalists.jsonl, finalists.json   the finalists stage's trainings and its summary
+    runs/<name>/tune/              Ray Tune's own state (executor ray)
 
 Only the driver process writes here; workers hand their results back.  A folder's identity is the
 name of its study (`RunConfig.study`, in config.json), never its path, so a run folder can be

@@ -1,9 +1,11 @@
 """Search strategies: what to try next, learned from what finished.
 
 A strategy only proposes architectures and observes results; it knows nothing about execution
-(inline or Ray) or storage.  Every proposal becomes an Optuna trial: `propose` returns an asked
-trial whose grammar decisions (`einsearch.grammar.suggest`) derive the architecture, so every
-strategy's trials are recorded the same way and `optuna-dashboard` shows them all.
+(inline or Ray) or storage.  `propose` returns a `Proposal`: a tree (or None: the Optuna sampler
+derives one), its origin and its parent; `ask` turns it into an asked Optuna trial whose grammar
+decisions (`einsearch.grammar.suggest`) derive the architecture (a proposed tree's decisions are
+enqueued), so every strategy's trials are recorded the same way and `optuna-dashboard` shows them
+all.
 
 * `random`: independent samples from the space's PCFG.
 * `evolution`: regularised evolution (Real et al. 2019): the population is the `population`
