@@ -27,6 +27,11 @@ At the end the model is evaluated on the validation and the test split (``val/<m
 validation evaluation instead of the last ones: early stopping by selection, within the budget
 (``TrainResult.selected_step`` says which).
 
+A suite (`einsearch.tasks.base.Suite`, e.g. ``mad``) trains one model per member, one after
+another, each on the suite's `Suite.share` of the budget, without rungs or weight inheritance;
+its metrics are the suite's `Suite.aggregate` of the members' (each member's under its name, and
+the suite's primary metric), and its first failed member makes it fail.
+
 Length generalisation: with ``eval_lengths`` (e.g. ``(1, 2, 4, 8)``), the tested weights are
 also tested at those multiples of the task's sequence length, on the test split of
 `length_task` (the task's `Task.at_length`: same seed, its own data at that length, about as
@@ -84,8 +89,7 @@ from einsearch.costs import costs as measure_costs
 from einsearch.footprint import OverCeiling, check_ceiling, default_memory_limit, estimate_training
 from einsearch.grammar.seeds import resolve
 from einsearch.inherit import inherit
-from einsearch.tasks.base import Budget, Task
-from einsearch.tasks.mad import MAD
+from einsearch.tasks.base import Budget, Suite, Task
 from einsearch.tasks.registry import get_task
 
 __all__ = ["Budget", "StepInfo", "TrainConfig", "TrainResult", "train"]
@@ -313,7 +317,7 @@ def train(
         length_task(task, factor)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    if isinstance(task, MAD):
+    if isinstance(task, Suite):
         return _train_suite(arch, task, config, callback, progress)
     return _train_one(arch, task, config, callback, progress)
 
@@ -592,32 +596,26 @@ def save_weights(model: nn.Module, path: str) -> None:
 
 def _train_suite(
     arch: Arch | str,
-    suite: MAD,
+    suite: Suite,
     config: TrainConfig,
     callback: Callable[[int, dict[str, float]], bool] | None,
     progress: Callable[[StepInfo], None] | None,
 ) -> TrainResult:
-    """One model per member on an equal share of the budget; metrics: each member's, prefixed by
-    its name, and the mean of the members' primary metric on val and test."""
+    """One model per member on its share of the budget (`Suite.share`); the metrics are the
+    suite's `Suite.aggregate` of the members'."""
     members = suite.members
     # no inheritance: a suite's saved weights are only its last member's model
     # no rungs either: the suite's score needs every member, and they train one after another
-    share = replace(config, budget=(config.budget or suite.budget).split(len(members)), init_from=None, init_arch=None,
+    share = replace(config, budget=suite.share(config.budget or suite.budget), init_from=None, init_arch=None,
                     rungs=(), state_path=None)  # fmt: skip
     results = [_train_one(arch, member, share, callback, progress) for member in members]
     seconds = sum(r.seconds for r in results)
     steps = sum(r.steps for r in results)
     first = results[0]
-    metrics: dict[str, float] = {}
-    for member, result in zip(members, results):
-        metrics.update({f"{member.name}/{k}": v for k, v in result.metrics.items()})
+    metrics = suite.aggregate([r.metrics for r in results])
     common = dict(task=suite.spec, arch=first.arch, metric=suite.metric, mode=suite.mode, costs=first.costs, steps=steps, seconds=seconds)
     failed = next(((m, r) for m, r in zip(members, results) if not r.ok), None)
     if failed is not None:
         member, result = failed
         return TrainResult(status="failed", reason=result.reason, detail=f"{member.name}: {result.detail}", metrics=metrics, **common)
-    for split in ("val", "test"):
-        values = [r.metrics.get(f"{split}/{suite.metric}") for r in results]
-        if all(v is not None for v in values):
-            metrics[f"{split}/{suite.metric}"] = sum(values) / len(values)
     return TrainResult(status="ok", reason=None, metrics=metrics, **common)

@@ -15,6 +15,10 @@ supplies
 * ``at_length(factor)``: the same task at `factor` times its sequence length, for tasks that name
   their ``length_option`` (the trainer's ``eval_lengths`` tests at such lengths).
 
+A `Suite` (e.g. MAD) is a task made of member tasks, one model each: it has no data, loss or
+evaluation of its own, but `members`, each one's `share` of the budget, and the `aggregate` of
+their metrics, which is all the trainer asks of it.
+
 All task-side problems (bad options, unreadable or malformed files) raise `TaskError`, whose
 message is one line meant for the user.  Every option declares its range with `option` (and
 `check_option` enforces it where task text is parsed); the data a task would generate or read is
@@ -27,7 +31,7 @@ import dataclasses
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar, Protocol
@@ -293,6 +297,63 @@ class Task(ABC):
         for name, value in values.items():
             check_option(self.name, fields[name], value)
         return dataclasses.replace(self, **values)  # type: ignore[type-var]
+
+
+class Suite(Task):
+    """A task made of member tasks, each of which trains a model of its own on an equal share of
+    the budget; the suite's result aggregates the members' metrics.  As Optuna's GA base class
+    owns a genetic sampler's generations and leaves its operators to the subclass, this base owns
+    what every suite does alike (the budget's shares, the aggregation, the refusals below) and a
+    concrete suite names its `members` and its primary `metric`, which every member reports.
+
+    The trainer (`einsearch.train`) sees a suite only through this interface: it trains each of
+    `members` on `share` of the budget and reports `aggregate` of their metrics.  A suite has no
+    data, loss or evaluation of its own (there is no one model to train or evaluate), so
+    `make_data`, `loss` and `evaluate` raise `TaskError`; `tokens` and `model` are the first
+    member's (the length and shell at which an architecture's costs are reported)."""
+
+    @property
+    @abstractmethod
+    def members(self) -> tuple[Task, ...]:
+        """The member tasks, in the order in which they are trained and reported."""
+
+    @property
+    def tokens(self) -> int:
+        return self.members[0].tokens
+
+    def model(self, arch: Arch, d_model: int, layers: int) -> torch.nn.Module:
+        return self.members[0].model(arch, d_model, layers)
+
+    def share(self, budget: Budget) -> Budget:
+        """Each member's budget: an equal share of the suite's."""
+        return budget.split(len(self.members))
+
+    def aggregate(self, metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
+        """The suite's metrics from its members' (one mapping per member, in the order of
+        `members`, keyed as a training result's are, e.g. ``"val/accuracy"``): every member's
+        metric under its name (``"recall/val/accuracy"``), and on the val and test splits the mean
+        of the members' primary `metric` where every member reports it (a member that failed
+        reports none, and neither does the suite)."""
+        members = self.members
+        if len(metrics) != len(members):
+            raise ValueError(f"{self.name}: {len(members)} members but metrics of {len(metrics)}")
+        combined: dict[str, float] = {}
+        for member, values in zip(members, metrics):
+            combined.update({f"{member.name}/{key}": value for key, value in values.items()})
+        for split in ("val", "test"):
+            values = [m.get(f"{split}/{self.metric}") for m in metrics]
+            if all(v is not None for v in values):
+                combined[f"{split}/{self.metric}"] = sum(values) / len(values)  # type: ignore[arg-type]
+        return combined
+
+    def make_data(self) -> Splits:
+        raise TaskError(f"{self.name} is a suite: its members have the data (einsearch.train trains each)")
+
+    def loss(self, model: torch.nn.Module, batch: tuple[Tensor, ...]) -> Tensor:
+        raise TaskError(f"{self.name} is a suite: train its members (einsearch.train does)")
+
+    def evaluate(self, model: torch.nn.Module, split: Any) -> dict[str, float]:
+        raise TaskError(f"{self.name} is a suite: evaluate its members and `aggregate` their metrics")
 
 
 @lru_cache(maxsize=4)

@@ -22,8 +22,8 @@ The generators follow MAD's definitions draw for draw in distribution (not bit f
 use this package's seeds), e.g. a random key of k tokens is a uniformly random ordered tuple of
 distinct key tokens, exactly as MAD's choice from the shuffled list of permutations.
 
-`mad` is the suite: `einsearch.train` trains one model per member on an equal share of the
-budget and reports the mean accuracy.
+`mad` is the suite (a `base.Suite`): `einsearch.train` trains one model per member on an equal
+share of the budget and reports each member's metrics and the mean accuracy.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 from torch import nn
 
 from einsearch.arch import Arch
-from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Splits, Task, TaskError, option
+from einsearch.tasks.base import EXAMPLES, SEEDS, Budget, Splits, Suite, TaskError, option
 from einsearch.tasks.cache import cached_arrays
 from einsearch.tasks.language import IGNORE, TokenTask, as_examples, split_seeds
 from einsearch.tasks.shell import CompressionModel, build_blocks
@@ -382,9 +382,9 @@ MEMBERS = (Recall, FuzzyRecall, NoisyRecall, SelectiveCopy, Compression, Memoriz
 
 
 @dataclass(frozen=True)
-class MAD(Task):
+class MAD(Suite):
     """The suite: one model per member task on an equal share of the budget; the metric is the
-    mean of the members' accuracies.  `einsearch.train` runs the members (see `members`)."""
+    mean of the members' accuracies (`Suite.aggregate`)."""
 
     name: ClassVar[str] = "mad"
     summary: ClassVar[str] = "the MAD suite: mean accuracy over its six tasks (one model each)"
@@ -399,19 +399,3 @@ class MAD(Task):
     @property
     def members(self) -> tuple[MadTask, ...]:
         return tuple(member(seed=self.seed) for member in MEMBERS)
-
-    @property
-    def tokens(self) -> int:
-        return self.members[0].tokens
-
-    def make_data(self) -> Splits:
-        raise TaskError("mad is a suite: train its members (einsearch.train does)")
-
-    def model(self, arch: Arch, d_model: int, layers: int) -> nn.Module:
-        return self.members[0].model(arch, d_model, layers)
-
-    def loss(self, model, batch):  # pragma: no cover - a suite is never trained directly
-        raise TaskError("mad is a suite: train its members")
-
-    def evaluate(self, model, split):  # pragma: no cover
-        raise TaskError("mad is a suite: evaluate its members")
