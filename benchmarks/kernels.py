@@ -151,12 +151,14 @@ def fla_ops() -> dict[str, Callable]:
 def cases() -> list[Case]:
     from einsearch.kernels.aaren import aaren_triton
     from einsearch.kernels.delta import delta_rule_triton
-    from einsearch.kernels.dispatch import naive_rnn_states
     from einsearch.kernels.gla import gla_triton
     from einsearch.kernels.rnn import rnn_states_triton
     from einsearch.kernels.scan import scan_diag_triton
-    from einsearch.primitives.memory import delta_rule_chunked, gla_chunked
-    from einsearch.primitives.scan import aaren_chunked, scan_diag_chunked
+    from einsearch.ops.aaren import aaren_chunked
+    from einsearch.ops.delta import delta_rule_chunked
+    from einsearch.ops.gla import gla_chunked
+    from einsearch.ops.rnn import naive_rnn_states
+    from einsearch.ops.scan import scan_diag_chunked
 
     fla = fla_ops()
     return [

@@ -1,10 +1,12 @@
 """Code generation: a trained candidate as one standalone Python file that needs only torch.
 
 The file carries the source of exactly the einsearch modules the candidate's model uses (the
-primitive families it was built from, the combinators, the builder and the task's model shell),
-with einsearch's own imports removed, followed by the architecture as a literal tree and a
-`Candidate` module whose constructor defaults are the search's d_model and layer count.  Random
-graphs (sparse wiring) are carried as edge lists, so networkx is not needed either.
+primitive families it was built from, the ops they call, the combinators, the builder and the
+task's model shell), with einsearch's own imports removed, followed by the architecture as a
+literal tree and a `Candidate` module whose constructor defaults are the search's d_model and
+layer count.  An op that einsearch may run as a Triton kernel is carried as its PyTorch form (the
+op module's `TORCH_FORMS`).  Random graphs (sparse wiring) are carried as edge lists, so networkx
+is not needed either.
 
     import my_mixer, safetensors.torch
     model = my_mixer.Candidate()
@@ -25,43 +27,71 @@ import inspect
 import re
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 from torch import nn
 
+import einsearch.arch
+import einsearch.ops.aaren
+import einsearch.ops.chunks
+import einsearch.ops.delta
+import einsearch.ops.gla
+import einsearch.ops.newton
+import einsearch.ops.rnn
+import einsearch.ops.scan
+import einsearch.primitives.attention
+import einsearch.primitives.base
+import einsearch.primitives.channel
+import einsearch.primitives.combinators
+import einsearch.primitives.graphs
+import einsearch.primitives.hier
+import einsearch.primitives.linear_attention
+import einsearch.primitives.local
+import einsearch.primitives.memory
+import einsearch.primitives.rat
+import einsearch.primitives.recurrent
+import einsearch.primitives.scan
+import einsearch.primitives.sparse_attention
+import einsearch.primitives.titans
+import einsearch.primitives.wired
+import einsearch.tasks.shell
 from einsearch.arch import Arch
 from einsearch.primitives.graphs import GraphArgs, random_graph
 
+# The attribute `einsearch.build` is the function the package re-exports, so this module is named.
+BUILD = importlib.import_module("einsearch.build")
+
 # Every module an export may need, in dependency order (a module only uses those above it).
 ORDER = (
-    "einsearch.arch",
-    "einsearch.primitives.base",
-    "einsearch.primitives.graphs",
-    "einsearch.primitives.channel",
-    "einsearch.primitives.local",
-    "einsearch.primitives.attention",
-    "einsearch.primitives.combinators",
-    "einsearch.primitives.hier",
-    "einsearch.primitives.scan",
-    "einsearch.primitives.memory",
-    "einsearch.primitives.linear_attention",
-    "einsearch.primitives.sparse_attention",
-    "einsearch.primitives.titans",
-    "einsearch.primitives.recurrent",
-    "einsearch.primitives.rat",
-    "einsearch.primitives.wired",
-    "einsearch.build",
-    "einsearch.tasks.shell",
+    einsearch.arch,
+    einsearch.ops.chunks,
+    einsearch.ops.gla,
+    einsearch.ops.delta,
+    einsearch.ops.scan,
+    einsearch.ops.aaren,
+    einsearch.ops.rnn,
+    einsearch.ops.newton,
+    einsearch.primitives.base,
+    einsearch.primitives.graphs,
+    einsearch.primitives.channel,
+    einsearch.primitives.local,
+    einsearch.primitives.attention,
+    einsearch.primitives.combinators,
+    einsearch.primitives.hier,
+    einsearch.primitives.scan,
+    einsearch.primitives.memory,
+    einsearch.primitives.linear_attention,
+    einsearch.primitives.sparse_attention,
+    einsearch.primitives.titans,
+    einsearch.primitives.recurrent,
+    einsearch.primitives.rat,
+    einsearch.primitives.wired,
+    BUILD,
+    einsearch.tasks.shell,
 )
-ALWAYS = ("einsearch.arch", "einsearch.primitives.base",
-          "einsearch.primitives.combinators", "einsearch.build", "einsearch.tasks.shell")  # fmt: skip
-# einsearch.kernels.dispatch picks a Triton kernel on a GPU; an export runs each op's PyTorch form.
-DISPATCH = {
-    "gla": "gla_chunked",
-    "delta_rule": "delta_rule_chunked",
-    "scan_diag": "scan_diag_chunked",
-    "aaren": "aaren_chunked",
-    "rnn_states": "naive_rnn_states",
-}
+ALWAYS = (einsearch.arch, einsearch.primitives.base, einsearch.primitives.combinators, BUILD, einsearch.tasks.shell)
+BY_NAME = {module.__name__: module for module in ORDER}
+
 _EINSEARCH_IMPORT = re.compile(r"^[ \t]*(from einsearch[\w.]* import (\([^)]*\)|[^\n]*)|import einsearch[^\n]*)\n", re.M)
 _FUTURE = re.compile(r"^from __future__ import annotations\n", re.M)
 
@@ -70,25 +100,40 @@ class ExportError(ValueError):
     pass
 
 
-def modules_used(model: nn.Module) -> list[str]:
+def modules_used(model: nn.Module) -> list[ModuleType]:
     """The einsearch modules whose source the model needs, in ORDER (dependencies included)."""
-    needed = set(ALWAYS) | {type(m).__module__ for m in model.modules() if type(m).__module__.startswith("einsearch.")}
+    needed = {module.__name__ for module in ALWAYS}
+    needed |= {type(m).__module__ for m in model.modules() if type(m).__module__.startswith("einsearch.")}
     changed = True
     while changed:  # close over the modules' top-level einsearch imports (the builder's are lazy)
         changed = False
-        for name in list(needed):
-            for node in ast.parse(_source(name)).body:
-                if isinstance(node, ast.ImportFrom) and node.module in ORDER and node.module not in needed:
+        for name in list(needed & set(BY_NAME)):
+            for node in ast.parse(inspect.getsource(BY_NAME[name])).body:
+                if isinstance(node, ast.ImportFrom) and node.module in BY_NAME and node.module not in needed:
                     needed.add(node.module)
                     changed = True
-    missing = needed - set(ORDER)
+    missing = needed - set(BY_NAME)
     if missing:
         raise ExportError(f"cannot export: no place in the export order for {', '.join(sorted(missing))}")
-    return [name for name in ORDER if name in needed]
+    return [module for module in ORDER if module.__name__ in needed]
 
 
-def _source(module: str) -> str:
-    return inspect.getsource(importlib.import_module(module))
+def torch_only_source(module: ModuleType) -> str:
+    """The module's source with each op that may run a Triton kernel (a key of the module's
+    `TORCH_FORMS`) replaced by its PyTorch form, e.g. `gla = gla_chunked`; the table itself and
+    the imports of the kernels go with the functions they were in."""
+    source = inspect.getsource(module)
+    forms = {op.__name__: form.__name__ for op, form in getattr(module, "TORCH_FORMS", {}).items()}
+    lines = source.splitlines(keepends=True)
+    for node in reversed(ast.parse(source).body):  # from the bottom, so earlier line numbers hold
+        if isinstance(node, ast.FunctionDef) and node.name in forms:
+            replacement = f"{node.name} = {forms[node.name]}  # einsearch runs a Triton kernel here on a GPU\n"
+        elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TORCH_FORMS" for t in node.targets):
+            replacement = ""
+        else:
+            continue
+        lines[node.lineno - 1 : node.end_lineno] = [replacement]
+    return "".join(lines)
 
 
 def _graph_table(model: nn.Module) -> dict[GraphArgs, tuple[tuple[int, int], ...]]:
@@ -98,7 +143,7 @@ def _graph_table(model: nn.Module) -> dict[GraphArgs, tuple[tuple[int, int], ...
 
 def _graphs_source(table: dict[GraphArgs, tuple[tuple[int, int], ...]]) -> str:
     """graphs.py with networkx replaced by the edges this model was built with."""
-    source = _source("einsearch.primitives.graphs")
+    source = inspect.getsource(einsearch.primitives.graphs)
     source = source[: source.index("def random_graph")]
     rows = "".join(f"    {args!r}: {edges!r},\n" for args, edges in table.items())
     return source + (
@@ -175,26 +220,11 @@ def shell_call(model: nn.Module) -> str:
 def export_source(arch: Arch, model: nn.Module, d_model: int, layers: int, note: str = "") -> str:
     """The standalone file for `arch` built as `model` (a task shell of `layers` blocks)."""
     sections = {}
-    for name in modules_used(model):
-        source = _graphs_source(_graph_table(model)) if name == "einsearch.primitives.graphs" else _source(name)
-        sections[name] = _strip(source)
+    for module in modules_used(model):
+        graphs = module is einsearch.primitives.graphs
+        source = _graphs_source(_graph_table(model)) if graphs else torch_only_source(module)
+        sections[module.__name__] = _strip(source)
     _check_names(sections)
-    defined = "\n".join(sections.values())
-    routes = {op: ref for op, ref in DISPATCH.items() if re.search(rf"^def {ref}\(", defined, re.M)}
-    if routes:  # before the primitives, which name `dispatch.<op>` in their class bodies
-        methods = "".join(
-            f"\n    @staticmethod\n    def {op}(*args, **kwargs):\n        return {ref}(*args, **kwargs)\n"
-            for op, ref in routes.items()
-        )
-        shim = (
-            "class dispatch:\n"
-            '    """The PyTorch form of each op that einsearch hands to a Triton kernel on a GPU."""\n' + methods
-        )
-        order = list(sections)
-        at = order.index("einsearch.primitives.base") + 1
-        sections = {name: sections[name] for name in order[:at]} | {"einsearch.kernels.dispatch": shim} | {
-            name: sections[name] for name in order[at:]
-        }
     body = "\n\n".join(f"# {'-' * 20} from {name.replace('.', '/')}.py\n\n{src.strip()}\n" for name, src in sections.items())
     docstring = (
         f"{arch.text}\n\n"

@@ -1,6 +1,6 @@
 """Aaren's prefix softmax (the (m, u, w) scan) in Triton: forward and backward.
 
-Reference: `einsearch.primitives.scan.aaren_chunked` (PyTorch, chunked) and `naive_aaren` (the
+Reference: `einsearch.ops.aaren.aaren_chunked` (PyTorch, chunked) and `naive_aaren` (the
 combine applied token by token); `aaren_triton` has their signature and semantics:
 
     o_t = Σ_{i≤t} exp(s_i - m_t) v_i / Σ_{i≤t} exp(s_i - m_t),   m_t = max_{i≤t} s_i
@@ -30,7 +30,6 @@ import triton.language as tl
 from torch import Tensor
 
 from einsearch.kernels.tiles import load_rows, store_rows
-from einsearch.primitives.scan import aaren_chunked, naive_aaren  # noqa: F401  (the references)
 
 CHUNK = 64
 NUM_WARPS = 8  # with 4 the backward spills registers (ptxas, sm_90)

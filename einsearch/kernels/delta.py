@@ -1,6 +1,6 @@
 """The (gated) delta rule in Triton: forward and backward, beside the PyTorch reference it matches.
 
-Reference: `einsearch.primitives.memory.delta_rule_chunked` (chunkwise WY form, PyTorch) and
+Reference: `einsearch.ops.delta.delta_rule_chunked` (chunkwise WY form, PyTorch) and
 `naive_delta_rule` (the token loop); `delta_rule_triton` has their signature and semantics, on the
 transposed state h = Sᵀ (dk × dv):
 
@@ -37,7 +37,6 @@ import triton.language as tl
 from torch import Tensor
 
 from einsearch.kernels.tiles import load_rows, load_state, store_rows, store_state
-from einsearch.primitives.memory import delta_rule_chunked, naive_delta_rule  # noqa: F401  (the references)
 
 CHUNK = 64
 MAX_VALUE_BLOCK = 32

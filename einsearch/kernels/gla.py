@@ -1,7 +1,7 @@
 """Gated linear attention in Triton: forward and backward, beside the PyTorch reference it matches.
 
-Reference: `einsearch.primitives.memory.gla_chunked` (chunkwise, PyTorch) and `naive_gla` (the
-token loop); `gla_triton` has their signature and semantics:
+Reference: `einsearch.ops.gla.gla_chunked` (chunkwise, PyTorch) and `naive_gla` (the token
+loop); `gla_triton` has their signature and semantics:
 
     h_t = diag(α_t) h_{t-1} + k_t v_tᵀ,   o_t = h_tᵀ q_t,   α_t = exp(log_alpha_t)
 
@@ -44,7 +44,6 @@ import triton.language as tl
 from torch import Tensor
 
 from einsearch.kernels.tiles import load_rows, load_state, store_rows, store_state
-from einsearch.primitives.memory import gla_chunked, naive_gla  # noqa: F401  (the references)
 
 NO_GATE, HEAD_GATE, CHANNEL_GATE = 0, 1, 2
 CHUNK_PER_CHANNEL = 16  # the intra-chunk tile is (BT, BT, dk)

@@ -1,8 +1,7 @@
 """A fused step loop for `rnn(lstm|gru)` in Triton (FlashRNN-style): forward and backward.
 
-Reference: `einsearch.primitives.recurrent.naive_rnn_states`, the loop over time of the primitive's
-own cell functions (`einsearch.primitives.recurrent.lstm_cell` / `gru_cell`); `rnn_states_triton`
-has its signature and semantics:
+Reference: `einsearch.ops.rnn.naive_rnn_states`, the loop over time of the cell functions
+(`einsearch.ops.rnn.lstm_cell` / `gru_cell`); `rnn_states_triton` has its signature and semantics:
 
     u (B, T, H, G·d)   input pre-activations of every gate (input bias included)
     R (H, d, G·d)      recurrent weights per head (already masked by the wiring), b (H, G·d)
@@ -33,8 +32,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-
-from einsearch.primitives.recurrent import naive_rnn_states  # noqa: F401  (the reference)
 
 LSTM, GRU = 0, 1
 CELLS = {"lstm": LSTM, "gru": GRU}

@@ -1,6 +1,6 @@
 """The diagonal linear recurrence (`scan(diag)`) in Triton: forward and backward.
 
-Reference: `einsearch.primitives.scan.scan_diag_chunked` (PyTorch, chunked) and
+Reference: `einsearch.ops.scan.scan_diag_chunked` (PyTorch, chunked) and
 `naive_scan_diag` (the loop); `scan_diag_triton` has their signature and semantics:
 
     h_t[d, n] = exp(log_a_t[d, n]) · h_{t-1}[d, n] + x_t[d] · b_t[n] ;   y_t[d] = Σ_n c_t[n] · h_t[d, n]
@@ -34,7 +34,6 @@ import triton.language as tl
 from torch import Tensor
 
 from einsearch.kernels.tiles import load_rows, load_state, store_rows, store_state
-from einsearch.primitives.scan import naive_scan_diag, scan_diag_chunked  # noqa: F401  (the references)
 
 CHUNK = 16
 MAX_CHANNEL_BLOCK = 16

@@ -4,7 +4,7 @@ Per head, with a feature map φ:
 
     S_t = S_{t-1} + φ(k_t) v_tᵀ,  z_t = z_{t-1} + φ(k_t),  y_t = φ(q_t)ᵀ S_t / (φ(q_t)ᵀ z_t + ε)
 
-This is GLA without decay, so it runs on the GLA cores (`einsearch.primitives.memory`) with
+This is GLA without decay, so it runs on the GLA cores (`einsearch.ops.gla`) with
 α = 1 (log_alpha=None): the normaliser z rides along as an extra value column of ones,
 v' = [v, 1], whose output column is φ(q_t)ᵀ z_t.  The state carried is [S | z], dk × (dv + 1)
 per head.
@@ -23,16 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from einsearch.kernels import dispatch
+from einsearch.ops.gla import LINEAR_CHUNK, gla, gla_step, naive_gla
 from einsearch.primitives.base import Mixer, State, head_dim
-from einsearch.primitives.memory import gla_step, naive_gla
 
 FEATURE_MAPS = {
     "elu1": lambda x: F.elu(x) + 1,
     "relu": F.relu,
     "identity": lambda x: x,
 }
-LINEAR_CHUNK = 32  # no decay: plain (C, C) matrix products inside a chunk; tuned on one CPU thread
 EPS = 1e-6
 
 
@@ -70,7 +68,7 @@ class LinearAttention(Mixer):
         return self.out(self._read(o).transpose(1, 2).reshape(B, T, D))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._mix(x, dispatch.gla)
+        return self._mix(x, gla)
 
     def reference(self, x: Tensor) -> Tensor:
         return self._mix(x, naive_gla)

@@ -134,8 +134,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from einsearch.ops.chunks import causal_decay
 from einsearch.primitives.base import Mixer, State, head_dim
-from einsearch.primitives.memory import causal_decay
 
 LP_POWER = 3  # Moneta's p
 HIDDEN_EXPANSION = 2  # n = 2 d per head

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from einsearch.kernels.dispatch import interpreting, triton_available
+from einsearch.ops.dispatch import interpreting, triton_available
 
 needs_interpreter = pytest.mark.skipif(
     not (triton_available() and interpreting()), reason="needs triton and TRITON_INTERPRET=1"

@@ -7,8 +7,7 @@ chunks of 16 and a value size that is not a power of two; outputs and the gradie
 import pytest
 import torch
 
-from einsearch.kernels import dispatch
-from einsearch.primitives.scan import aaren_chunked, naive_aaren
+from einsearch.ops.aaren import aaren, aaren_chunked, naive_aaren
 from tests.kernels.common import (
     assert_backends_agree,
     assert_gpu_matches,
@@ -52,7 +51,7 @@ def test_large_scores_do_not_overflow():
 
 @needs_interpreter
 def test_dispatch_forced_triton_equals_torch(monkeypatch):
-    assert_backends_agree(dispatch.aaren, aaren_inputs(1, 2, 13), monkeypatch)
+    assert_backends_agree(aaren, aaren_inputs(1, 2, 13), monkeypatch)
 
 
 # ---------------------------------------------------------------- GPU only

@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from einsearch.kernels import dispatch
-from einsearch.primitives.memory import delta_rule_chunked, naive_delta_rule
+from einsearch.ops.delta import delta_rule, delta_rule_chunked, naive_delta_rule
 from tests.kernels.common import (
     assert_backends_agree,
     assert_gpu_matches,
@@ -65,7 +64,7 @@ def test_without_initial_state():
 
 @needs_interpreter
 def test_dispatch_forced_triton_equals_torch(monkeypatch):
-    assert_backends_agree(dispatch.delta_rule, delta_inputs(1, 1, 13, True), monkeypatch)
+    assert_backends_agree(delta_rule, delta_inputs(1, 1, 13, True), monkeypatch)
 
 
 # ---------------------------------------------------------------- GPU only

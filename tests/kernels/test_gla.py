@@ -9,8 +9,8 @@ outputs, final states and the gradients of q, k, v, log α and h0.
 import pytest
 import torch
 
-from einsearch.kernels import dispatch
-from einsearch.primitives.memory import gla_chunked, naive_gla
+from einsearch.ops.dispatch import use_triton
+from einsearch.ops.gla import gla, gla_chunked, naive_gla
 from tests.kernels.common import (
     assert_backends_agree,
     assert_gpu_matches,
@@ -70,26 +70,26 @@ def test_without_initial_state():
 @needs_interpreter
 def test_dispatch_forced_triton_equals_torch(monkeypatch):
     """The dispatch function gives the same results whichever backend it is told to use."""
-    assert_backends_agree(dispatch.gla, gla_inputs(1, 2, 13, "head"), monkeypatch)
+    assert_backends_agree(gla, gla_inputs(1, 2, 13, "head"), monkeypatch)
 
 
 def test_dispatch_rules(monkeypatch):
     """CPU tensors take the PyTorch path unless forced; unknown settings are refused."""
     x = torch.zeros(2)
     monkeypatch.delenv("EINSEARCH_KERNELS", raising=False)
-    assert not dispatch.use_triton(x)
+    assert not use_triton(x)
     monkeypatch.setenv("EINSEARCH_KERNELS", "torch")
-    assert not dispatch.use_triton(x)
+    assert not use_triton(x)
     monkeypatch.setenv("EINSEARCH_KERNELS", "cuda")
     with pytest.raises(ValueError):
-        dispatch.use_triton(x)
+        use_triton(x)
     monkeypatch.setenv("EINSEARCH_KERNELS", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError):
-        dispatch.use_triton(x)
+        use_triton(x)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(RuntimeError):  # the kernels take float32 / bfloat16 / float16 only
-        dispatch.use_triton(x.double())
+        use_triton(x.double())
 
 
 # ---------------------------------------------------------------- GPU only

@@ -9,8 +9,7 @@ without an initial state; every state and the gradients of u, R, b and s0.
 import pytest
 import torch
 
-from einsearch.kernels import dispatch
-from einsearch.primitives.recurrent import naive_rnn_states
+from einsearch.ops.rnn import naive_rnn_states, rnn_states
 from tests.kernels.common import (
     assert_backends_agree,
     assert_gpu_matches,
@@ -59,7 +58,7 @@ def test_two_sequence_blocks_without_initial_state(cell):
 
 @needs_interpreter
 def test_dispatch_forced_triton_equals_torch(monkeypatch):
-    assert_backends_agree(dispatch.rnn_states, rnn_inputs("lstm", 2, 4), monkeypatch)
+    assert_backends_agree(rnn_states, rnn_inputs("lstm", 2, 4), monkeypatch)
 
 
 def test_other_cells_use_the_loop(monkeypatch):
@@ -68,7 +67,7 @@ def test_other_cells_use_the_loop(monkeypatch):
     inputs["cell"] = "elman"
     inputs["u"], inputs["R"], inputs["b"] = inputs["u"][..., :5], inputs["R"][..., :5], inputs["b"][..., :5]
     monkeypatch.setenv("EINSEARCH_KERNELS", "triton")
-    states = dispatch.rnn_states(**inputs)
+    states = rnn_states(**inputs)
     torch.testing.assert_close(states, naive_rnn_states(**inputs))
 
 

@@ -8,8 +8,7 @@ power of two; outputs, final states and the gradients of x, log a, b, c and h0.
 import pytest
 import torch
 
-from einsearch.kernels import dispatch
-from einsearch.primitives.scan import naive_scan_diag, scan_diag_chunked
+from einsearch.ops.scan import naive_scan_diag, scan_diag, scan_diag_chunked
 from tests.kernels.common import (
     assert_backends_agree,
     assert_gpu_matches,
@@ -56,7 +55,7 @@ def test_strong_decay_and_no_initial_state():
 
 @needs_interpreter
 def test_dispatch_forced_triton_equals_torch(monkeypatch):
-    assert_backends_agree(dispatch.scan_diag, scan_inputs(1, 13, D=3), monkeypatch)
+    assert_backends_agree(scan_diag, scan_inputs(1, 13, D=3), monkeypatch)
 
 
 # ---------------------------------------------------------------- GPU only

@@ -15,13 +15,8 @@ import torch.nn.functional as F
 
 import einsearch
 from einsearch.primitives.attention import rope
-from einsearch.primitives.memory import (
-    delta_rule_chunked,
-    gated_scores,
-    gla_chunked,
-    naive_delta_rule,
-    naive_gla,
-)
+from einsearch.ops.delta import delta_rule_chunked, naive_delta_rule
+from einsearch.ops.gla import gated_scores, gla_chunked, naive_gla
 from tests.contract import PrimitiveContract
 
 # ---------------------------------------------------------------- the modules under the contract

@@ -98,12 +98,12 @@ def test_the_step_lowers_the_prediction_error():
 
 
 def test_recoding_does_not_take_the_fused_kernel(monkeypatch):
-    from einsearch.kernels import dispatch
+    from einsearch.primitives import recurrent
 
     def refuse(*args, **kwargs):
         raise AssertionError("the fused step loop has no recoding")
 
-    monkeypatch.setattr(dispatch, "rnn_states", refuse)
+    monkeypatch.setattr(recurrent, "rnn_states", refuse)
     module = rnn()
     assert torch.isfinite(module(torch.randn(1, 5, 8))).all()
 

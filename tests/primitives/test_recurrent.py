@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import einsearch
-from einsearch.primitives.recurrent import linear_recurrence, naive_linear_recurrence, reverse_linear_recurrence
+from einsearch.ops.newton import linear_recurrence, naive_linear_recurrence, reverse_linear_recurrence
 from tests.contract import PrimitiveContract
 
 

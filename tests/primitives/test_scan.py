@@ -7,14 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import einsearch
-from einsearch.primitives.scan import (
-    Aaren,
-    DiagScan,
-    aaren_chunked,
-    naive_aaren,
-    naive_scan_diag,
-    scan_diag_chunked,
-)
+from einsearch.ops.aaren import aaren_chunked, naive_aaren
+from einsearch.ops.scan import naive_scan_diag, scan_diag_chunked
+from einsearch.primitives.scan import Aaren, DiagScan
 from tests.contract import PrimitiveContract
 
 
