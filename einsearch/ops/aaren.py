@@ -5,10 +5,9 @@
 s (B, H, T) scores, v (B, H, T, E) values -> o (B, H, T, E), kept as the running summary (m, u, w)
 of Feng et al.: the largest score so far, and the sums of exp(s_i - m) v_i and exp(s_i - m).
 
-Written three ways: `aaren_combine` of two summaries, one token at a time in `naive_aaren`, the
-spec (the module's step combines its state with the new token the same way); `aaren_chunked`,
-chunk by chunk; `aaren`, which runs the Triton kernel (`einsearch.kernels.aaren`) on a GPU and
-`aaren_chunked` elsewhere.
+`aaren_combine` merges two summaries; `naive_aaren` applies it one token at a time (the spec; a
+module's step does the same to its state).  `aaren_chunked` computes the same chunk by chunk, and
+`aaren` runs the Triton kernel (`einsearch.kernels.aaren`) on a GPU and `aaren_chunked` elsewhere.
 """
 
 from __future__ import annotations
