@@ -18,16 +18,24 @@ all.
 * `tpe`, `nsga2`: Optuna's samplers over the define-by-run encoding of the grammar.
 
 Strategy state is a function of the finished trials, so a resumed run rebuilds it by replaying
-`trials.jsonl` through `observe`.
+`trials.jsonl` through `observe`.  The randomness of a proposal is a function of the run's seed
+and the proposal's index (evolution, random), or of the seed and the trial's number (the Optuna
+samplers, made afresh for each trial by `PerTrialSampler`), never of how many draws came before:
+so a resumed strategy proposes what the uninterrupted one would have, instead of restarting its
+random stream (which made a resumed TPE or NSGA-II repeat its first proposals).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import optuna
+from optuna import Study
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from einsearch.arch import Arch
 from einsearch.grammar import Space, crossover, mutate, parse, sample, to_params
@@ -57,8 +65,8 @@ class Strategy:
 
     def __init__(self, space: Space, seed: int):
         self.space, self.seed = space, seed
-        self.rng = np.random.default_rng(seed)
-        self.proposed = 0
+        self.proposed = 0  # proposals made (after `replay`: the finished trials)
+        self.rng = np.random.default_rng([seed, 0])  # the current proposal's randomness
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         """The Optuna sampler of the study. Strategies that choose architectures themselves
@@ -66,6 +74,13 @@ class Strategy:
         return optuna.samplers.RandomSampler(seed=seed)
 
     def propose(self) -> Proposal:
+        """The next proposal, drawn from a generator seeded by the run's seed and its index."""
+        self.rng = np.random.default_rng([self.seed, self.proposed])
+        self.proposed += 1
+        return self.choose()
+
+    def choose(self) -> Proposal:
+        """The proposal number `proposed` (counting from 1), drawing from `rng`."""
         raise NotImplementedError
 
     def ask(self, study: optuna.Study) -> tuple[optuna.Trial, str]:
@@ -90,14 +105,13 @@ class Strategy:
         """Rebuild the state of a resumed run from its finished trials."""
         for record in records:
             self.observe(record)
-        self.proposed = len(records)
-        self.rng = np.random.default_rng([self.seed, len(records)])  # fresh draws, not a repeat
+        self.proposed = len(records)  # a trial lost in flight is proposed again
 
 
 class RandomSearch(Strategy):
     name = "random"
 
-    def propose(self) -> Proposal:
+    def choose(self) -> Proposal:
         return Proposal(sample(self.space, self.rng), "sample")
 
 
@@ -119,8 +133,7 @@ class Evolution(Strategy):
         self.crossover_rate, self.maximize = crossover, maximize
         self.population: deque[Member] = deque(maxlen=population)
 
-    def propose(self) -> Proposal:
-        self.proposed += 1
+    def choose(self) -> Proposal:
         if self.proposed <= len(self.seeds):
             return Proposal(self.seeds[self.proposed - 1], "seed")
         if len(self.population) < min(self.size, 2):  # still filling: seeds' mutations, else samples
@@ -160,14 +173,49 @@ class OptunaStrategy(Strategy):
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed)
+            return PerTrialSampler(lambda s: optuna.samplers.NSGAIISampler(seed=s), seed)
+        return PerTrialSampler(lambda s: optuna.samplers.TPESampler(seed=s), seed)
 
-    def propose(self) -> Proposal:
-        self.proposed += 1
+    def choose(self) -> Proposal:
         if self.proposed <= len(self.seeds):
             return Proposal(self.seeds[self.proposed - 1], "seed")
         return Proposal(None, "optuna")
+
+
+class PerTrialSampler(optuna.samplers.BaseSampler):
+    """An Optuna sampler made afresh for each trial, seeded by (seed, trial number).
+
+    TPE and NSGA-II read everything they learn from the study's trials; their only state of their
+    own is a random stream, which one sampler object for the whole run would restart when a run
+    resumes.  Made per trial, a trial's draws depend only on the seed, its number and the trials
+    before it, so a resumed study continues as the uninterrupted one would.
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
+        self.make, self.seed = make, seed
+        self.live: dict[int, optuna.samplers.BaseSampler] = {}  # asked trial -> its sampler
+
+    def _of(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self.live:
+            seed = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
+            self.live[trial.number] = self.make(seed)
+        return self.live[trial.number]
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._of(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Study, trial: FrozenTrial, space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._of(trial).sample_relative(study, trial, space)
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, name: str, distribution: BaseDistribution) -> Any:
+        return self._of(trial).sample_independent(study, trial, name, distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._of(trial).before_trial(study, trial)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: list[float] | None) -> None:
+        self._of(trial).after_trial(study, trial, state, values)
+        self.live.pop(trial.number, None)  # told: its sampler is done
 
 
 STRATEGIES = ("random", "evolution", "tpe", "nsga2")
