@@ -89,6 +89,7 @@ from einsearch.costs import costs as measure_costs
 from einsearch.footprint import OverCeiling, check_ceiling, default_memory_limit, estimate_training
 from einsearch.grammar.seeds import resolve
 from einsearch.inherit import inherit
+from einsearch.settings import setting
 from einsearch.tasks.base import Budget, Suite, Task
 from einsearch.tasks.registry import get_task
 
@@ -103,11 +104,12 @@ STEPS_TIME_LIMIT = 3600.0  # the default safety limit of a budget in steps
 class TrainConfig:
     """How to train; fields left at None take the task's defaults (budget, batch size, lr)."""
 
-    d_model: int = 64
-    layers: int = 2
-    budget: Budget | None = None
-    batch_size: int | None = None
-    lr: float | None = None
+    d_model: int = setting(64, "Model width.")
+    layers: int = setting(2, "Copies of the block (independent weights).")
+    budget: Budget | None = setting(None, "Optimiser steps (500steps), or time (60s, 2m: the result then depends on the "
+                                          "machine's load) (default: the task's).")  # fmt: skip
+    batch_size: int | None = setting(None, "Batch size (default: the task's).")
+    lr: float | None = setting(None, "Peak learning rate (default: the task's).")
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
     warmup: float = 0.05  # fraction of the budget
@@ -115,10 +117,11 @@ class TrainConfig:
     cooldown: float = 0.2  # wsd: the last fraction of the budget, over which the learning rate decays to 0
     min_lr_ratio: float = 0.1  # cosine: it ends at this fraction of the peak learning rate
     clip: float = 1.0  # largest gradient norm
-    seed: int = 0  # initialisation and batch order
+    seed: int = setting(0, "Seed of the initialisation and the batch order.")
     eval_every: int | None = None  # steps between validation evaluations (None: each tenth of the budget when selecting)
     selection: str | None = None  # "last" or "best" (on validation) weights are tested; None: the task's choice
-    time_limit: float | None = None  # seconds for the whole run; None: 1.5 × a time budget + 60 s, or 1 hour for steps
+    time_limit: float | None = setting(None, "Seconds before the candidate is stopped as timeout (default: "
+                                             f"{STEPS_TIME_LIMIT / 3600:g} hour for a budget in steps).")  # time budget: 1.5 × it + 60 s
     diverge_factor: float = 100.0
     threads: int | None = 1  # torch threads; None leaves torch's setting alone
     device: str = "cpu"
@@ -128,7 +131,8 @@ class TrainConfig:
     state_path: str | None = None  # the training state is saved here at each rung, and continued from if present
     init_from: str | None = None  # start from these trained weights (safetensors) where the trees agree ...
     init_arch: str | None = None  # ... those of this architecture (see `einsearch.inherit`)
-    max_memory: int | None = None  # bytes a candidate may need (estimated before building); None: half the machine's memory
+    max_memory: int | None = setting(None, "Memory a candidate may need, estimated before it is built, e.g. 4GB (default: half "
+                                           "the machine's).")  # in bytes here  # fmt: skip
     eval_lengths: tuple[int, ...] = ()  # after training, test at these multiples of the task's length (see the module doc)
 
     def __post_init__(self) -> None:
@@ -150,6 +154,20 @@ class TrainConfig:
             raise ValueError(f"rungs are steps, at least 1: got {self.rungs}")
         if any(factor < 1 for factor in self.eval_lengths):
             raise ValueError(f"eval_lengths are whole multiples of the task's length, at least 1: got {self.eval_lengths}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (the budget as a dict) that crosses to a worker process; `from_dict` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        if data.get("budget") is not None:
+            data["budget"] = Budget(**data["budget"])
+        for key in ("betas", "rungs", "eval_lengths"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
 
     def limit(self, budget: Budget) -> float | None:
         """The safety limit in seconds: `time_limit`, else 1.5 × a time budget + 60 s, else (a

@@ -6,7 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from einsearch.search.strategies import STRATEGIES
+from einsearch.settings import help_of, setting
 from einsearch.tasks.base import Budget
+from einsearch.train import TrainConfig
 
 OBJECTIVES = ("metric", "params", "flops", "state")  # cost objectives are minimised
 EXECUTORS = ("ray", "inline")
@@ -15,34 +18,43 @@ SCHEDULERS = ("fifo", "asha")  # asha: successive halving (Optuna's pruner inlin
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str = "mqar"
-    space: str = "full"  # a built-in space name or a path to a space file
-    strategy: str = "evolution"  # random | evolution | tpe | nsga2
-    seed_archs: tuple[str, ...] = ()  # seed names or architecture texts that start the search
-    trials: int = 12  # candidates trained (or failed trying); duplicates and those over a constraint are recorded, not counted
-    time_budget: float | None = None  # seconds of wall clock for the whole search
-    trial_budget: str = "600steps"  # each candidate's full training budget, in optimiser steps (never seconds); the CLI's default is the task's `trial_budget`
-    time_limit: float | None = None  # seconds before a candidate fails as "timeout" (default: `candidate_time_limit`)
-    max_memory: int | None = None  # bytes a candidate may need, estimated before building (None: half the machine's)
-    workers: int = 2
-    executor: str = "ray"  # ray | inline
-    address: str | None = None  # an existing Ray cluster; None: RAY_ADDRESS or a local Ray
-    scheduler: str = "asha"  # asha (successive halving over the rung ladder) | fifo (every trial gets the full budget)
-    rungs: int = 3  # asha: the ladder's rungs, at full/eta^(rungs-1), ..., full/eta, full steps
-    eta: int = 3  # asha: the reduction factor: about 1/eta of a rung's candidates go on to the next
+    """A search run. The fields the command line offers carry their help text (`setting`): `einsearch
+    run` reads each option's default and help from here."""
+
+    task: str = setting("mqar", "Task with options (see `einsearch tasks`).")
+    space: str = setting("full", "Search space: a built-in name (see `einsearch space list`) or a space file.")
+    strategy: str = setting("evolution", " | ".join(STRATEGIES) + ".")
+    seed_archs: tuple[str, ...] = setting((), "Seed name or architecture text to start from (repeatable).")
+    trials: int = setting(12, "Candidates to train; duplicates and candidates over a --max-* limit are recorded but not counted.")
+    time_budget: float | None = setting(None, "Wall clock for the whole search, e.g. 90s, 30m, 2h.")  # in seconds here
+    # the command line's default is the task's `trial_budget`
+    trial_budget: str = setting("600steps", "Each candidate's full training budget in optimiser steps (e.g. 1500steps), never seconds.")
+    time_limit: float | None = setting(None, "Seconds before a candidate fails as timeout: a safety limit, not a budget "
+                                             "(default: 1 s per step of the trial budget + 60 s).")  # `candidate_time_limit`
+    max_memory: int | None = setting(None, help_of(TrainConfig, "max_memory"))  # in bytes here
+    workers: int = setting(2, "Candidates trained at once.")
+    executor: str = setting("ray", "ray (local Ray or --address) | inline (in this process).")  # one of EXECUTORS
+    address: str | None = setting(None, "Join this Ray cluster (default: RAY_ADDRESS, else a local Ray; --resume never "
+                                        "takes it from the run folder).")  # fmt: skip
+    scheduler: str = setting("asha", "asha (successive halving: weak candidates stop at a rung) | fifo (all train the full budget).")
+    rungs: int = setting(3, "asha: rungs of the ladder, at full/eta^(rungs-1), ..., full/eta, full steps.")
+    eta: int = setting(3, "asha: reduction factor: about 1/eta of a rung's candidates go on.")
     eval_every: int | None = None  # steps between validation evaluations kept in a trial's history
-    objectives: tuple[str, ...] = ("metric",)
-    max_params: int | None = None  # cheap constraints: candidates above are rejected untrained
-    max_flops: float | None = None  # per token, at the task's sequence length
-    max_state: int | None = None  # floats of inference state, at the task's sequence length
-    d_model: int = 64
-    layers: int = 2
-    seed: int = 0
-    storage: str | None = None  # an Optuna storage URL; None: the journal file in the run folder
+    objectives: tuple[str, ...] = setting(("metric",), "metric, optionally with params, flops, state: e.g. metric,params.")
+    # cheap constraints, at the task's sequence length: candidates above are rejected untrained
+    max_params: int | None = setting(None, "Reject candidates with more parameters, untrained.")
+    max_flops: float | None = setting(None, "Reject candidates with more FLOPs per token, untrained.")
+    max_state: int | None = setting(None, "Reject candidates with more floats of inference state at the task's length, untrained.")
+    d_model: int = setting(TrainConfig.d_model, help_of(TrainConfig, "d_model"))
+    layers: int = setting(TrainConfig.layers, help_of(TrainConfig, "layers"))
+    seed: int = setting(0, "Seed of the search and of every candidate's training.")
+    storage: str | None = setting(None, "Optuna storage URL (default: a journal file in the run folder; --resume takes it only from here).")
     keep_weights: int = 10  # trained weights kept for this many best trials
-    inherit: bool = False  # evolution children start from their parent's weights where the trees agree
-    finalists: int = 3  # the search ends by retraining its top-k architectures and the comparison seeds (0: not)
-    final_seeds: int = 3  # ... each with this many training seeds, at the full trial budget
+    inherit: bool = setting(False, "Evolution: a child starts from its parent's trained weights wherever their trees agree.")
+    # the search ends by retraining its top-k architectures and the comparison seeds (0: not), each
+    # with `final_seeds` training seeds, at the full trial budget
+    finalists: int = setting(3, "At the end, retrain the top K and the comparison seeds (0: skip).")
+    final_seeds: int = setting(3, "Training seeds per finalist and comparison seed.")
     study: str | None = None  # the Optuna study's name, fixed when the run starts: the run's identity, not its folder's path
 
     def __post_init__(self) -> None:
@@ -51,6 +63,8 @@ class RunConfig:
             problems.append(f"trials must be at least 1, got {self.trials}")
         if self.workers < 1:
             problems.append(f"workers must be at least 1, got {self.workers}")
+        if self.strategy not in STRATEGIES:
+            problems.append(f"unknown strategy {self.strategy!r} (allowed: {', '.join(STRATEGIES)})")
         if self.executor not in EXECUTORS:
             problems.append(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
         if self.scheduler not in SCHEDULERS:
@@ -115,6 +129,16 @@ class RunConfig:
             return (full,)
         first = full // self.eta ** (self.rungs - 1)
         return tuple(first * self.eta**k for k in range(self.rungs - 1)) + (full,)
+
+    def training(self, **changes: Any) -> TrainConfig:
+        """How a candidate of this run trains, in the search and in the final: the run's model
+        size, full trial budget, safety limits, seed and evaluation interval; `changes` set the
+        rest (where the weights go, rungs, the parent's weights) or override these."""
+        return TrainConfig(**{
+            "d_model": self.d_model, "layers": self.layers, "budget": Budget.parse(self.trial_budget), "seed": self.seed,
+            "time_limit": self.candidate_time_limit, "max_memory": self.max_memory, "eval_every": self.eval_interval,
+            **changes,
+        })  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

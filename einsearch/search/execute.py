@@ -34,7 +34,7 @@ def run_inline(search: Search, update: Update = lambda: None) -> bool:
     try:
         while (job := search.next_job()) is not None:
             update()
-            outcome = evaluate(job.to_dict(), callback=_updating(search.pruning_callback(job), update))
+            outcome = evaluate(job, callback=_updating(search.pruning_callback(job), update))
             search.finish(job, outcome)
             update()
     except KeyboardInterrupt:
@@ -68,8 +68,8 @@ def _trainable(config: dict[str, Any]) -> None:
     worker died) continues from the checkpoint of its last rung."""
     from ray import tune
 
-    job = config["job"]
-    rungs = set(job.get("rungs", ()))
+    job, metric = Job.from_dict(config["job"]), config["job"]["metric"]  # the job crossed as text: read it once
+    rungs = set(job.train.rungs)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="einsearch-trial-") as work:
         state_path = os.path.join(work, "state.pt")
@@ -87,28 +87,27 @@ def _trainable(config: dict[str, Any]) -> None:
             scores.append({"step": step, **val})
             partial = dict(
                 status="ok", reason="stopped", metrics={f"val/{k}": v for k, v in val.items()}, costs=costs,
-                steps=step, seconds=time.perf_counter() - started, task=job["task"], arch=job["arch"], rungs=scores,
+                steps=step, seconds=time.perf_counter() - started, task=job.task, arch=job.arch.text, rungs=scores,
             )  # fmt: skip
             with tempfile.TemporaryDirectory(prefix="einsearch-rung-") as folder:
                 shutil.copy(state_path, os.path.join(folder, "state.pt"))
                 Path(folder, "rungs.json").write_text(json.dumps(scores))
-                metrics = {"objective": val.get(job["metric"], math.nan), "step": step, "partial": json.dumps(partial)}
+                metrics = {"objective": val.get(metric, math.nan), "step": step, "partial": json.dumps(partial)}
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
             return False
 
         outcome = evaluate(job, callback=report if rungs else None, state_path=state_path if rungs else None)
-    value = outcome.get("metrics", {}).get(f"val/{job['metric']}")
+    value = outcome.get("metrics", {}).get(f"val/{metric}")
     tune.report({"objective": math.nan if value is None else value, "outcome": json.dumps(outcome)})
 
 
-def _costs(job: dict[str, Any]) -> dict[str, Any] | None:
+def _costs(job: Job) -> dict[str, Any] | None:
     """The candidate's costs, for the record of a trial stopped at a rung (None if it does not
     build: the trainer reports that)."""
-    from einsearch.grammar.seeds import resolve
     from einsearch.tasks import get_task
 
     try:
-        return model_costs(get_task(job["task"]), resolve(job["arch"]), job["d_model"], job["layers"])
+        return model_costs(get_task(job.task), job.arch, job.train.d_model, job.train.layers)
     except Exception:  # noqa: BLE001
         return None
 

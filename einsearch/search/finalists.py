@@ -396,13 +396,8 @@ def run_finalists(config: RunConfig, folder: RunFolder, on_record: Callable[[Fin
         records.append(record)
     done = {r.key for r in records}
     todo = [(e, s) for s in range(config.final_seeds) for e in the_plan.entrants if (e.id, s, budget) not in done]
-    jobs = [
-        Job(
-            number=i, arch=entrant.arch, task=task.spec, d_model=config.d_model, layers=config.layers,
-            budget=config.trial_budget, time_limit=config.candidate_time_limit, seed=seed, eval_every=None, weights=None,
-        ).to_dict()
-        for i, (entrant, seed) in enumerate(todo)
-    ]  # fmt: skip
+    # trained as the search trains (`RunConfig.training`, its memory ceiling included), with the final's seed
+    jobs = [Job(i, parse(entrant.arch), task.spec, config.training(seed=seed, eval_every=None)) for i, (entrant, seed) in enumerate(todo)]
 
     def summary() -> Summary:
         return summarise(the_plan, records, config.final_seeds, f"test/{task.metric}", task.mode == "max", budget)
@@ -461,13 +456,14 @@ def read_summary(folder: RunFolder) -> Summary | None:
     return Summary.from_dict(json.loads(path.read_text())) if path.exists() else None
 
 
-def run_jobs(jobs: list[dict[str, Any]], config: RunConfig) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(index, TrainResult dict) for each job as it finishes, on the run's executor."""
+def run_jobs(jobs: list[Job], config: RunConfig) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, TrainResult dict) for each job as it finishes, on the run's executor (on Ray,
+    the jobs travel as plain data)."""
     if config.executor == "inline":
         for i, job in enumerate(jobs):
             yield i, evaluate(job)
     elif jobs:
-        yield from _run_on_ray(jobs, config)
+        yield from _run_on_ray([job.to_dict() for job in jobs], config)
 
 
 def _run_on_ray(jobs: list[dict[str, Any]], config: RunConfig) -> Iterator[tuple[int, dict[str, Any]]]:

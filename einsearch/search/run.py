@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from einsearch.grammar.seeds import resolve
 from einsearch.search.config import RunConfig
 from einsearch.search.record import DamagedRecord, RunFolder, RunFolderError, TrialRecord, leaderboard, shorten
 from einsearch.search.strategies import make_strategy
-from einsearch.tasks import Budget, Task, get_task
+from einsearch.tasks import Task, get_task
 from einsearch.tasks.mad import MAD
 from einsearch.limits import train_limited
 from einsearch.train import TrainConfig, TrainResult
@@ -52,47 +52,31 @@ COST_KEYS = {"params": "params", "flops": "flops_per_token", "state": "state_siz
 
 @dataclass
 class Job:
-    """One candidate to train, as plain data that travels to a worker."""
+    """One candidate to train: its tree, its task and how it trains. Within the driver's process
+    it is passed as it is; `to_dict` is the plain data (the tree's text, the config as a dict) that
+    travels to a worker, where `from_dict` (or `evaluate`) reads it back."""
 
     number: int
-    arch: str
+    arch: Arch
     task: str
-    d_model: int
-    layers: int
-    budget: str
-    time_limit: float | None
-    seed: int
-    eval_every: int | None
-    weights: str | None  # where the worker saves the trained weights
-    inherit_from: str | None = None  # the parent's weights to start from (--inherit) ...
-    inherit_arch: str | None = None  # ... and the parent's architecture
-    rungs: tuple[int, ...] = ()  # the ladder's intermediate rungs (steps), where the scheduler scores it
-    max_memory: int | None = None  # bytes the candidate may need (estimated before building); None: half the machine's
+    train: TrainConfig
     started: float = 0.0  # the driver's clock when the job was handed out (not sent to workers)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "started"}
+        return {"number": self.number, "arch": self.arch.text, "task": self.task, "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        return cls(data["number"], parse(data["arch"]), data["task"], TrainConfig.from_dict(data["train"]))
 
 
-def evaluate(job: dict[str, Any], callback=None, state_path: str | None = None) -> dict[str, Any]:
-    """Train one job's candidate and return its `TrainResult` as a dict (runs in a worker).
-    `callback(step, val_metrics)` sees the scores at the job's rungs (and any ``eval_every``
-    evaluation) and may stop it; `state_path`: see `TrainConfig.state_path`."""
-    config = TrainConfig(
-        d_model=job["d_model"],
-        layers=job["layers"],
-        budget=Budget.parse(job["budget"]),
-        time_limit=job["time_limit"],
-        max_memory=job.get("max_memory"),
-        seed=job["seed"],
-        eval_every=job["eval_every"],
-        weights_path=job["weights"],
-        init_from=job.get("inherit_from"),
-        init_arch=job.get("inherit_arch"),
-        rungs=tuple(job.get("rungs", ())),
-        state_path=state_path,
-    )
-    return train_limited(job["arch"], job["task"], config, callback=callback).to_dict()  # killed in a long step
+def evaluate(job: Job | dict[str, Any], callback=None, state_path: str | None = None) -> dict[str, Any]:
+    """Train one job's candidate and return its `TrainResult` as a dict (in this process, or in a
+    worker given the job's `to_dict`). `callback(step, val_metrics)` sees the scores at the job's
+    rungs (and any ``eval_every`` evaluation) and may stop it; `state_path`: see `TrainConfig.state_path`."""
+    job = Job.from_dict(job) if isinstance(job, dict) else job
+    config = job.train if state_path is None else replace(job.train, state_path=state_path)
+    return train_limited(job.arch, job.task, config, callback=callback).to_dict()  # killed in a long step
 
 
 class Search:
@@ -228,22 +212,12 @@ class Search:
                 reason, costs = rejection
                 self._record(trial, arch, origin, status="rejected", reason=reason, costs=costs)
                 continue
-            job = Job(
-                number=trial.number,
-                arch=arch.text,
-                task=self.task.spec,
-                d_model=self.config.d_model,
-                layers=self.config.layers,
-                budget=self.config.trial_budget,
-                time_limit=self.config.candidate_time_limit,
-                seed=self.config.seed,
-                eval_every=self.config.eval_interval,
-                weights=str(self.folder.weights_path(trial.number).absolute()),  # workers run elsewhere
-                started=time.monotonic(),
+            train = self.config.training(
+                weights_path=str(self.folder.weights_path(trial.number).absolute()),  # workers run elsewhere
                 rungs=self.ladder[:-1],
-                max_memory=self.config.max_memory,
                 **self._inheritance(trial.user_attrs.get("parent")),
             )
+            job = Job(trial.number, arch, self.task.spec, train, started=time.monotonic())
             trial.set_user_attr("origin", origin)
             self.running[job.number] = (job, trial)
             self.reached[job.number] = 0
@@ -310,7 +284,7 @@ class Search:
         or a trial the scheduler stopped before it reported a final result)."""
         _, trial = self.running.pop(job.number)
         self.reached.pop(job.number, None)
-        arch = resolve(job.arch)
+        arch = job.arch
         if outcome is None:
             status = "stopped" if error == "stopped" else "failed"
             self._close_pruning(job.number, status, None)
@@ -426,14 +400,14 @@ class Search:
 
     # ------------------------------------------------------------------ weight inheritance
     def _inheritance(self, parent: int | None) -> dict[str, str]:
-        """The Job fields that make a child start from its parent's weights (--inherit): none
+        """The training options that make a child start from its parent's weights (--inherit): none
         without a parent, or when the parent's weights are gone (e.g. a run resumed with
         --inherit that had none kept)."""
         weights = None if parent is None else self.folder.weights_path(parent)
         if not self.config.inherit or weights is None or not weights.exists():
             return {}
         arch = next(r.arch for r in self.records if r.number == parent)
-        return dict(inherit_from=str(weights.absolute()), inherit_arch=arch)
+        return dict(init_from=str(weights.absolute()), init_arch=arch)
 
     def _parents(self) -> set[int]:
         """Trials whose weights a child may still read: the strategy's candidate parents and the

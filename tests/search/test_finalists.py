@@ -242,7 +242,7 @@ def test_an_interrupted_final_resumes_without_retraining(tmp_path, monkeypatch):
     real, calls = fin.evaluate, []
 
     def counted(job, callback=None):
-        calls.append((job["arch"], job["seed"]))
+        calls.append((job.arch.text, job.train.seed))
         if len(calls) == 3 and interrupt:
             raise KeyboardInterrupt
         return real(job)
@@ -279,7 +279,7 @@ def test_the_searchs_own_full_budget_training_counts_as_training_seed_0(tmp_path
     config = RunConfig.from_dict(folder.read_config()).replace(finalists=1, final_seeds=2)
     best = max((r for r in folder.trials() if r.status == "ok"), key=lambda r: r.objectives[0])
     real, calls = fin.evaluate, []
-    monkeypatch.setattr(fin, "evaluate", lambda job, callback=None: calls.append((job["arch"], job["seed"])) or real(job))
+    monkeypatch.setattr(fin, "evaluate", lambda job, callback=None: calls.append((job.arch.text, job.train.seed)) or real(job))
     fin.run_finalists(config, folder)
     assert (best.arch, 0) not in calls and (best.arch, 1) in calls
     reused = next(r for r in fin.read_records(folder) if r.id == best.id and r.seed == 0)

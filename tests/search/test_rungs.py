@@ -127,10 +127,12 @@ def test_a_retried_ray_trial_continues_from_its_last_rung(tmp_path, monkeypatch)
     from ray import tune
 
     from einsearch.search import execute
+    from einsearch import parse
     from einsearch.search.run import Job
+    from einsearch.train import Budget, TrainConfig
 
-    job = Job(number=0, arch=STRONG, task=TASK, d_model=16, layers=1, budget="90steps", time_limit=None, seed=0,
-              eval_every=None, weights=None, rungs=LADDER[:-1]).to_dict() | {"metric": "accuracy"}  # fmt: skip
+    train = TrainConfig(d_model=16, layers=1, budget=Budget(steps=90), rungs=LADDER[:-1])
+    job = Job(0, parse(STRONG), TASK, train).to_dict() | {"metric": "accuracy"}  # as Tune hands it to a worker
     saved, reports, crash = tmp_path / "checkpoint", [], [True]
 
     class Crash(BaseException):  # not an Exception: the trainer reports those as the candidate's

@@ -206,6 +206,53 @@ def test_bad_run_options_are_one_line_and_status_2(tmp_path):
         assert not (tmp_path / "never").exists()  # nothing was started
 
 
+def test_the_config_names_a_bad_strategy_and_executor_and_what_is_allowed():
+    """Both are checked when the config is made, before any run folder, task or space is touched."""
+    from einsearch.search import RunConfig
+
+    for changes, message in [
+        (dict(strategy="annealing"), "unknown strategy 'annealing' (allowed: random, evolution, tpe, nsga2)"),
+        (dict(executor="dask"), "executor 'dask' is not one of ray, inline"),
+    ]:
+        with pytest.raises(ValueError) as raised:
+            tiny_config(**changes)
+        assert str(raised.value) == message
+    assert RunConfig.from_dict(tiny_config(strategy="tpe").to_dict()).strategy == "tpe"
+
+
+def test_a_job_crosses_to_a_worker_as_plain_data():
+    from einsearch.search.run import Job
+
+    train = tiny_config().training(weights_path="/w/3.safetensors", rungs=(1, 2), init_from="/w/1.safetensors", init_arch="conv(k=2)")
+    job = Job(3, einsearch.parse("res(conv(k=2))"), TINY_TASK, train, started=12.5)
+    sent = json.loads(json.dumps(job.to_dict()))  # text and numbers only
+    assert sent["arch"] == "res(conv(k=2))" and sent["train"]["budget"] == {"steps": 3, "seconds": None}
+    assert Job.from_dict(sent) == Job(3, job.arch, TINY_TASK, train)  # `started` stays with the driver
+
+
+def test_the_driver_hands_the_tree_to_the_trainer_and_keeps_it(tmp_path, monkeypatch):
+    """Within the driver's process the tree is passed as it is: no text is parsed back."""
+    from einsearch.search import run as driver
+    from einsearch.train import TrainResult
+
+    given = []
+
+    def trainer(arch, task, config, callback=None):
+        given.append(arch)
+        return TrainResult(status="failed", reason="error", detail="not trained", metrics={}, costs=None, steps=0,
+                           seconds=0.0, task=task, arch=arch.text)  # fmt: skip
+
+    def no_parsing(text):
+        raise AssertionError(f"parsed {text!r} again")
+
+    monkeypatch.setattr(driver, "train_limited", trainer)
+    monkeypatch.setattr(driver, "parse", no_parsing)
+    monkeypatch.setattr(driver, "resolve", no_parsing)
+    outcome, folder = run(tmp_path, trials=2)
+    assert outcome.completed and len(given) == 2 and all(isinstance(arch, einsearch.Arch) for arch in given)
+    assert [r.arch for r in folder.trials()] == [arch.text for arch in given]
+
+
 def test_a_run_without_a_trial_budget_takes_the_tasks_search_budget(tmp_path):
     from typer.testing import CliRunner
 
