@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import Counter
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from einsearch.arch import Arch, format_value
+from einsearch.arch import Arch, to_text
 from einsearch.build import build
 from einsearch.costs import costs
-from einsearch.grammar import ArchSyntaxError, to_text
+from einsearch.grammar import ArchSyntaxError
 from einsearch.grammar.seeds import resolve, seeds
+from einsearch.inspect import ActConfig
 from einsearch.messages import clip
 from einsearch.primitives.base import BuildError
+from einsearch.report import cost_cells, cost_rows, lengths_table
+from einsearch.search.config import RunConfig
+from einsearch.settings import help_of
+from einsearch.train import TrainConfig
 
 if TYPE_CHECKING:
     from einsearch.search.finalists import Summary
     from einsearch.tasks import Task
-    from einsearch.train import TrainResult
 
 app = typer.Typer(
     help="Search for sequence-mixer architectures.",
@@ -56,19 +59,10 @@ def _arch(text: str) -> Arch:
         fail(str(e))
 
 
-def _tree(arch: Arch, depth: int = 0) -> list[str]:
-    head = arch.op + (f"({arch.variant})" if arch.variant else "")
-    params = " ".join(f"{k}={format_value(v)}" for k, v in arch.params)
-    lines = ["  " * depth + head + (f"  {params}" if params else "")]
-    for child in arch.children:
-        lines += _tree(child, depth + 1)
-    return lines
-
-
 @app.command()
 def show(
     arch: Annotated[str, typer.Argument(help="Architecture text, a seed name, or - to read one architecture per line from stdin.")],
-    d_model: Annotated[int, typer.Option(help="Model width to build at.", min=1)] = 64,
+    d_model: Annotated[int, typer.Option(help="Model width to build at.", min=1)] = TrainConfig.d_model,
     seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs and state size.", min=1)] = 1024,
     max_memory: MaxMemoryOption = None,
 ) -> None:
@@ -89,21 +83,19 @@ def _show(tree: Arch, d_model: int, seq_len: int, ceiling: int) -> None:
         module = build(tree, d_model)
     except (BuildError, OverCeiling) as e:
         fail(str(e))
-    c = costs(module, seq_len)
     console.print(to_text(tree), markup=False, highlight=False, soft_wrap=True)
     console.print(f"id {tree.id}", markup=False, highlight=False)
-    console.print("\n".join(_tree(tree)), markup=False, highlight=False)
+    if tree.children:  # the tree, laid out by the canonical printer (it parses to the same tree)
+        console.print(to_text(tree, indent=2), markup=False, highlight=False, soft_wrap=True)
     table = Table(show_header=False, box=None)
-    table.add_row("d_model", str(d_model))
-    table.add_row("parameters", f"{c.params:,}")
-    table.add_row(f"FLOPs/token @ T={seq_len}", f"{c.flops_per_token:,.0f}")
-    table.add_row(f"state size @ T={seq_len}", f"{c.state_size:,}")
+    for row in [("d_model", str(d_model)), *cost_rows(costs(module, seq_len).as_dict())]:
+        table.add_row(*row)
     console.print(table)
 
 
 @app.command("seeds")
 def list_seeds(
-    d_model: Annotated[int, typer.Option(help="Model width to build at.", min=1)] = 64,
+    d_model: Annotated[int, typer.Option(help="Model width to build at.", min=1)] = TrainConfig.d_model,
     seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs and state size.", min=1)] = 1024,
 ) -> None:
     """List the seed zoo with parameters, FLOPs/token and state size (one block)."""
@@ -115,11 +107,11 @@ def list_seeds(
             c = costs(build(tree, d_model), seq_len)
         except BuildError as e:
             fail(f"seed {name}: {e}")
-        table.add_row(name, f"{c.params:,}", f"{c.flops_per_token:,.0f}", f"{c.state_size:,}")
+        table.add_row(name, *cost_cells(c.as_dict()))
     console.print(table)
 
 
-MaxMemoryOption = Annotated[str | None, typer.Option(help="Memory a candidate may need, estimated before it is built, e.g. 4GB (default: half the machine's).")]
+MaxMemoryOption = Annotated[str | None, typer.Option(help=help_of(TrainConfig, "max_memory"))]
 
 
 def _ceiling(text: str | None) -> int:
@@ -195,15 +187,15 @@ def space_stats_command(
 def train_command(
     arch: Annotated[str, typer.Argument(help="Architecture text or a seed name.")],
     task: Annotated[str, typer.Option(help="Task with options, e.g. mqar:vocab=256,seq_len=64,pairs=8 (see `einsearch tasks`).")] = "mqar",
-    budget: Annotated[str | None, typer.Option(help="Optimiser steps (500steps), or time (60s, 2m: the result then depends on the machine's load) (default: the task's).")] = None,
-    d_model: Annotated[int, typer.Option(help="Model width.", min=1)] = 64,
-    layers: Annotated[int, typer.Option(help="Copies of the block (independent weights).", min=1)] = 2,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the task's).", min=0.0)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (default: the task's).", min=1)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation and the batch order.")] = 0,
+    budget: Annotated[str | None, typer.Option(help=help_of(TrainConfig, "budget"))] = None,
+    d_model: Annotated[int, typer.Option(help=help_of(TrainConfig, "d_model"), min=1)] = TrainConfig.d_model,
+    layers: Annotated[int, typer.Option(help=help_of(TrainConfig, "layers"), min=1)] = TrainConfig.layers,
+    lr: Annotated[float | None, typer.Option(help=help_of(TrainConfig, "lr"), min=0.0)] = None,
+    batch_size: Annotated[int | None, typer.Option(help=help_of(TrainConfig, "batch_size"), min=1)] = None,
+    seed: Annotated[int, typer.Option(help=help_of(TrainConfig, "seed"))] = TrainConfig.seed,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     max_memory: MaxMemoryOption = None,
-    time_limit: Annotated[float | None, typer.Option(help="Seconds before the candidate is stopped as timeout (default: 1 hour for a budget in steps).", min=0)] = None,
+    time_limit: Annotated[float | None, typer.Option(help=help_of(TrainConfig, "time_limit"), min=0)] = None,
     eval_lengths: Annotated[str | None, typer.Option(help="After training, also test at these multiples of the task's length, e.g. 1,2,4,8 (tasks with a length option: mqar, passkey, lm).")] = None,
     plot: Annotated[str | None, typer.Option(help="With --eval-lengths: write the test metric against length here (PNG).")] = None,
 ) -> None:
@@ -213,7 +205,6 @@ def train_command(
 
     from einsearch.tasks import Budget, TaskError, get_task
     from einsearch.limits import train_limited
-    from einsearch.train import TrainConfig
 
     tree = _arch(arch)
     try:
@@ -252,13 +243,11 @@ def train_command(
         table.add_row("seconds", f"{result.seconds:.1f}")
         for name, value in result.metrics.items():
             table.add_row(name, f"{value:.4f}")
-        if result.costs:
-            table.add_row("parameters", f"{result.costs['params']:,}")
-            table.add_row(f"FLOPs/token @ T={result.costs['seq_len']}", f"{result.costs['flops_per_token']:,.0f}")
-            table.add_row(f"state size @ T={result.costs['seq_len']}", f"{result.costs['state_size']:,}")
+        for row in cost_rows(result.costs) if result.costs else ():
+            table.add_row(*row)
         console.print(table)
         if result.lengths:
-            console.print(_lengths_table(result))
+            console.print(lengths_table(result))
     if plot is not None and result.lengths:
         from pathlib import Path
 
@@ -304,18 +293,6 @@ def _check_lengths(task: Task, factors: tuple[int, ...]) -> None:
             fail(f"--eval-lengths {factor}: {e}")
 
 
-def _lengths_table(result: TrainResult) -> Table:
-    """The test metric at each length that `--eval-lengths` asked for (or why that length failed)."""
-    metric = result.metric
-    table = Table(title=f"test {metric} against length", box=None)
-    for column in ("× length", "tokens", metric):
-        table.add_column(column, justify="right")
-    for row in result.lengths:
-        value = f"{row[metric]:.4f}" if metric in row else f"failed ({row['reason']}): {clip(row['detail'], 60, quote=False)}"
-        table.add_row(f"×{row['factor']}", f"{row['tokens']:,}", value)
-    return table
-
-
 @app.command("tasks")
 def tasks_command() -> None:
     """List the tasks, their primary metric, default budget and options."""
@@ -331,40 +308,39 @@ def tasks_command() -> None:
 # ---------------------------------------------------------------- the search: run, report, export
 @app.command("run")
 def run_command(
-    space: Annotated[str, typer.Option(help="Search space: a built-in name (see `einsearch space list`) or a space file.")] = "full",
-    task: Annotated[str, typer.Option(help="Task with options (see `einsearch tasks`).")] = "mqar",
-    strategy: Annotated[str, typer.Option(help="random | evolution | tpe | nsga2.")] = "evolution",
-    seed_arch: Annotated[list[str] | None, typer.Option("--seed-arch", help="Seed name or architecture text to start from (repeatable).")] = None,
-    trials: Annotated[int | None, typer.Option(help="Candidates to train (with --resume: the new total); duplicates and candidates over a --max-* limit are recorded but not counted.", min=1)] = None,
-    time_budget: Annotated[str | None, typer.Option(help="Wall clock for the whole search, e.g. 90s, 30m, 2h.")] = None,
-    trial_budget: Annotated[str | None, typer.Option(help="Each candidate's full training budget in optimiser steps (e.g. 1500steps), never seconds (default: the task's search budget, see `einsearch tasks`).")] = None,
-    time_limit: Annotated[float | None, typer.Option(help="Seconds before a candidate fails as timeout: a safety limit, not a budget (default: 1 s per step of the trial budget + 60 s).", min=0)] = None,
-    workers: Annotated[int | None, typer.Option(help="Candidates trained at once (default: 2; with --resume: the run's).", min=1)] = None,
-    executor: Annotated[str | None, typer.Option(help="ray (local Ray or --address) | inline (in this process) (default: ray; with --resume: the run's).")] = None,
-    address: Annotated[str | None, typer.Option(help="Join this Ray cluster (default: RAY_ADDRESS, else a local Ray; --resume never takes it from the run folder).")] = None,
-    scheduler: Annotated[str, typer.Option(help="asha (successive halving: weak candidates stop at a rung) | fifo (all train the full budget).")] = "asha",
-    rungs: Annotated[int, typer.Option(help="asha: rungs of the ladder, at full/eta^(rungs-1), ..., full/eta, full steps.", min=1)] = 3,
-    eta: Annotated[int, typer.Option(help="asha: reduction factor: about 1/eta of a rung's candidates go on.", min=2)] = 3,
-    objectives: Annotated[str, typer.Option(help="metric, optionally with params, flops, state: e.g. metric,params.")] = "metric",
-    max_params: Annotated[int | None, typer.Option(help="Reject candidates with more parameters, untrained.", min=1)] = None,
-    max_flops: Annotated[float | None, typer.Option(help="Reject candidates with more FLOPs per token, untrained.", min=0)] = None,
-    max_state: Annotated[int | None, typer.Option(help="Reject candidates with more floats of inference state at the task's length, untrained.", min=0)] = None,
+    space: Annotated[str, typer.Option(help=help_of(RunConfig, "space"))] = RunConfig.space,
+    task: Annotated[str, typer.Option(help=help_of(RunConfig, "task"))] = RunConfig.task,
+    strategy: Annotated[str, typer.Option(help=help_of(RunConfig, "strategy"))] = RunConfig.strategy,
+    seed_arch: Annotated[list[str] | None, typer.Option("--seed-arch", help=help_of(RunConfig, "seed_archs"))] = None,
+    trials: Annotated[int | None, typer.Option(help=help_of(RunConfig, "trials", "{}; with --resume: the new total"), min=1)] = None,
+    time_budget: Annotated[str | None, typer.Option(help=help_of(RunConfig, "time_budget"))] = None,
+    trial_budget: Annotated[str | None, typer.Option(help=help_of(RunConfig, "trial_budget", "the task's search budget, see `einsearch tasks`"))] = None,
+    time_limit: Annotated[float | None, typer.Option(help=help_of(RunConfig, "time_limit"), min=0)] = None,
+    workers: Annotated[int | None, typer.Option(help=help_of(RunConfig, "workers", "{}; with --resume: the run's"), min=1)] = None,
+    executor: Annotated[str | None, typer.Option(help=help_of(RunConfig, "executor", "{}; with --resume: the run's"))] = None,
+    address: Annotated[str | None, typer.Option(help=help_of(RunConfig, "address"))] = None,
+    scheduler: Annotated[str, typer.Option(help=help_of(RunConfig, "scheduler"))] = RunConfig.scheduler,
+    rungs: Annotated[int, typer.Option(help=help_of(RunConfig, "rungs"), min=1)] = RunConfig.rungs,
+    eta: Annotated[int, typer.Option(help=help_of(RunConfig, "eta"), min=2)] = RunConfig.eta,
+    objectives: Annotated[str, typer.Option(help=help_of(RunConfig, "objectives"))] = ",".join(RunConfig.objectives),
+    max_params: Annotated[int | None, typer.Option(help=help_of(RunConfig, "max_params"), min=1)] = None,
+    max_flops: Annotated[float | None, typer.Option(help=help_of(RunConfig, "max_flops"), min=0)] = None,
+    max_state: Annotated[int | None, typer.Option(help=help_of(RunConfig, "max_state"), min=0)] = None,
     max_memory: MaxMemoryOption = None,
-    finalists: Annotated[int, typer.Option(help="At the end, retrain the top K and the comparison seeds (0: skip).", min=0)] = 3,
-    final_seeds: Annotated[int, typer.Option(help="Training seeds per finalist and comparison seed.", min=2)] = 3,
-    inherit: Annotated[bool, typer.Option("--inherit", help="Evolution: a child starts from its parent's trained weights wherever their trees agree.")] = False,
-    d_model: Annotated[int, typer.Option(help="Model width.", min=1)] = 64,
-    layers: Annotated[int, typer.Option(help="Copies of the block.", min=1)] = 2,
+    finalists: Annotated[int, typer.Option(help=help_of(RunConfig, "finalists"), min=0)] = RunConfig.finalists,
+    final_seeds: Annotated[int, typer.Option(help=help_of(RunConfig, "final_seeds"), min=2)] = RunConfig.final_seeds,
+    inherit: Annotated[bool, typer.Option("--inherit", help=help_of(RunConfig, "inherit"))] = RunConfig.inherit,
+    d_model: Annotated[int, typer.Option(help=help_of(RunConfig, "d_model"), min=1)] = RunConfig.d_model,
+    layers: Annotated[int, typer.Option(help=help_of(RunConfig, "layers"), min=1)] = RunConfig.layers,
     output: Annotated[str | None, typer.Option(help="Run folder (default: a new dated folder under runs/).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the search and of every candidate's training.")] = 0,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: a journal file in the run folder; --resume takes it only from here).")] = None,
+    seed: Annotated[int, typer.Option(help=help_of(RunConfig, "seed"))] = RunConfig.seed,
+    storage: Annotated[str | None, typer.Option(help=help_of(RunConfig, "storage"))] = None,
     resume: Annotated[str | None, typer.Option(help="Continue the run in this folder.")] = None,
 ) -> None:
     """Search the space for the best block on a task; Ctrl-C stops cleanly, --resume continues."""
     from einsearch.grammar import SpaceError
     from einsearch.search import (
         Execution,
-        RunConfig,
         RunFolder,
         new_run_folder,
         parse_duration,
@@ -431,19 +407,15 @@ def final_command(
 
 
 def _print_finalists(summary: Summary | None, run: str) -> None:
-    """The finalists' table, their architectures in full, the seeds left out, and the verdict."""
-    from einsearch.report import finalists_table, verdict_line
+    from einsearch.report import final_report
 
-    if summary is not None and summary.candidates:
-        console.print(finalists_table(summary))
-        for s in summary.standings:  # whole, on their own lines: architectures are long
-            if s.entrant.name is None:
-                typer.echo(f"{s.entrant.label if s.entrant.trial is not None else 'seed':>10}  {s.entrant.arch}")
-        for name, why in summary.excluded.items():
-            typer.echo(f"seed {name} left out: {why}")
-        if not summary.complete:
-            typer.echo(f"(unfinished: einsearch final {run} continues it)")
-    typer.echo(verdict_line(summary))
+    _print(final_report(summary, run))
+
+
+def _print(items: list[Table | str]) -> None:
+    """Tables through rich, lines as they are."""
+    for item in items:
+        console.print(item) if isinstance(item, Table) else typer.echo(item)
 
 
 @app.command("report")
@@ -452,7 +424,7 @@ def report_command(
     top: Annotated[int, typer.Option(help="Rows of the leaderboard.", min=1)] = 10,
 ) -> None:
     """Print a run's leaderboard, its finalists and verdict, and write its plots (PNG) into the run folder."""
-    from einsearch.report import leaderboard, write_plots
+    from einsearch.report import leaderboard, leaderboard_table, run_lines, write_plots
     from einsearch.search import RunFolder
     from einsearch.search.finalists import read_summary
     from einsearch.tasks import get_task
@@ -466,27 +438,8 @@ def report_command(
     records = folder.trials()
     board = leaderboard(records, maximize=task.mode == "max")
     ladder = _ladder(config) if any(r.rung is not None for r in records) else ()  # a suite has no rungs
-    table = Table(title=f"{run}: {len(records)} trials, {len(board)} scored (val/{task.metric})")
-    rung_columns = ("rung", "steps") if len(ladder) > 1 else ()
-    for column in ("rank", "trial", f"val/{task.metric}", *rung_columns, "params", "FLOPs/token", "state"):
-        table.add_column(column, justify="right")
-    for leader in board[:top]:
-        r = leader.record
-        rung = (f"{r.rung or 0}/{len(ladder)}", f"{r.steps:,}") if rung_columns else ()
-        table.add_row(
-            str(leader.rank), str(r.number), f"{r.objectives[0]:.4g}", *rung, f"{r.costs.get('params', 0):,}",
-            f"{r.costs.get('flops_per_token', 0):,.0f}", f"{r.costs.get('state_size', 0):,}",
-        )  # fmt: skip
-    console.print(table)
-    if len(ladder) > 1:  # successive halving: how many trained trials reached each rung
-        reached = [sum((r.rung or 0) >= k for r in records if r.reused_from is None) for k in range(1, len(ladder) + 1)]
-        typer.echo("rungs reached: " + ", ".join(f"{steps} steps ×{n}" for steps, n in zip(ladder, reached)))
-    for leader in board[:top]:  # whole, on their own lines: architectures are long
-        typer.echo(f"{leader.rank:>4}  {leader.record.arch}")
-    ranked = {leader.record.number for leader in board}
-    reasons = Counter(f"{r.status} ({(r.reason or '?').split(' ')[0]})" for r in records if r.status != "ok" and r.number not in ranked)
-    if reasons:
-        typer.echo("not scored: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items())))
+    title = f"{run}: {len(records)} trials, {len(board)} scored (val/{task.metric})"
+    _print([leaderboard_table(title, board, f"val/{task.metric}", ladder, top), *run_lines(records, board, ladder, top)])
     _print_finalists(read_summary(folder), run)
     for path in write_plots(folder, records, f"val/{task.metric}", maximize=task.mode == "max"):
         typer.echo(f"wrote {path}")
@@ -495,8 +448,6 @@ def report_command(
 def _ladder(config: dict) -> tuple[int, ...]:
     """A run's rung ladder in steps from its config.json (one rung: no successive halving; a run
     from before budgets in steps has none)."""
-    from einsearch.search import RunConfig
-
     try:
         return RunConfig.from_dict(config).ladder
     except (ValueError, TypeError):
@@ -527,12 +478,12 @@ def inspect_command(
     task: Annotated[str | None, typer.Option(help="Task with options (default: a run's own task; with an architecture: mqar).")] = None,
     rank: Annotated[int, typer.Option(help="Run folder: which candidate of the leaderboard.", min=1)] = 1,
     weights: Annotated[str | None, typer.Option(help="Architecture: its trained weights (.safetensors, e.g. from `einsearch export RUN --weights`).")] = None,
-    d_model: Annotated[int, typer.Option(help="Architecture: the model width the weights were trained at.", min=1)] = 64,
-    layers: Annotated[int, typer.Option(help="Architecture: the copies of the block the weights were trained with.", min=1)] = 2,
+    d_model: Annotated[int, typer.Option(help="Architecture: the model width the weights were trained at.", min=1)] = TrainConfig.d_model,
+    layers: Annotated[int, typer.Option(help="Architecture: the copies of the block the weights were trained with.", min=1)] = TrainConfig.layers,
     out: Annotated[str | None, typer.Option(help="Folder for attention.png (default: the run folder, else the current folder).")] = None,
     examples: Annotated[int, typer.Option(help="Test examples whose attention is captured and averaged.", min=1)] = 64,
-    alpha: Annotated[float, typer.Option(help="A key is a sink when its mean received attention exceeds alpha/T (alpha > 0).")] = 5.0,
-    beta: Annotated[float, typer.Option(help="--calibrate: the share of a sink's attention a calibrated head keeps.", min=0.0, max=1.0)] = 0.4,
+    alpha: Annotated[float, typer.Option(help="A key is a sink when its mean received attention exceeds alpha/T (alpha > 0).")] = ActConfig.alpha,
+    beta: Annotated[float, typer.Option(help="--calibrate: the share of a sink's attention a calibrated head keeps.", min=0.0, max=1.0)] = ActConfig.beta,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="ACT (Yu et al. 2024): choose heads on validation examples, print the test metric before/after.")] = False,
     samples: Annotated[int, typer.Option(help="--calibrate: validation examples the heads are chosen on.", min=1)] = 256,
 ) -> None:

@@ -5,17 +5,66 @@ and the curve of a trained model's test metric against length (`einsearch train 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.table import Table
 
 from einsearch.grammar import parse
+from einsearch.messages import clip
 from einsearch.search.finalists import Standing, Summary, verdict
-from einsearch.search.record import RunFolder, TrialRecord, leaderboard, scored
+from einsearch.search.record import Leader, RunFolder, TrialRecord, leaderboard, scored
+from einsearch.train import TrainResult
 
 COSTS = ("params", "flops_per_token", "state_size")
+
+
+# ---------------------------------------------------------------------------------------------- costs and the leaderboard
+
+
+def cost_cells(costs: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """Parameters, FLOPs/token and state size (`Costs.as_dict`, a result's or a record's costs)
+    as every table shows them; — where unknown."""
+    costs = costs or {}
+    formats = ("{:,}", "{:,.0f}", "{:,}")
+    return tuple(form.format(costs[key]) if key in costs else "—" for key, form in zip(COSTS, formats))
+
+
+def cost_rows(costs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The costs as the rows of a two-column table, at the sequence length they were measured at."""
+    params, flops, state = cost_cells(costs)
+    t = costs["seq_len"]
+    return [("parameters", params), (f"FLOPs/token @ T={t}", flops), (f"state size @ T={t}", state)]
+
+
+def leaderboard_table(title: str, board: list[Leader], metric: str, ladder: tuple[int, ...], top: int) -> Table:
+    """The `top` rows of a run's leaderboard; with a ladder of several rungs, the rung each reached."""
+    table = Table(title=title)
+    rung_columns = ("rung", "steps") if len(ladder) > 1 else ()
+    for column in ("rank", "trial", metric, *rung_columns, "params", "FLOPs/token", "state"):
+        table.add_column(column, justify="right")
+    for leader in board[:top]:
+        r = leader.record
+        rung = (f"{r.rung or 0}/{len(ladder)}", f"{r.steps:,}") if rung_columns else ()
+        table.add_row(str(leader.rank), str(r.number), f"{r.objectives[0]:.4g}", *rung, *cost_cells(r.costs))
+    return table
+
+
+def run_lines(records: list[TrialRecord], board: list[Leader], ladder: tuple[int, ...], top: int) -> list[str]:
+    """Below the leaderboard: how many trained trials reached each rung (successive halving), the
+    `top` architectures in full (they are long), and why the others have no score."""
+    lines = []
+    if len(ladder) > 1:
+        reached = [sum((r.rung or 0) >= k for r in records if r.reused_from is None) for k in range(1, len(ladder) + 1)]
+        lines.append("rungs reached: " + ", ".join(f"{steps} steps ×{n}" for steps, n in zip(ladder, reached)))
+    lines += [f"{leader.rank:>4}  {leader.record.arch}" for leader in board[:top]]
+    ranked = {leader.record.number for leader in board}
+    reasons = Counter(f"{r.status} ({(r.reason or '?').split(' ')[0]})" for r in records if r.status != "ok" and r.number not in ranked)
+    if reasons:
+        lines.append("not scored: " + ", ".join(f"{k} ×{v}" for k, v in sorted(reasons.items())))
+    return lines
 
 
 def best_so_far(values: list[float], maximize: bool) -> list[float]:
@@ -123,6 +172,18 @@ def length_plot(curves: dict[str, Sequence[dict]], metric: str, path: Path, trai
     return _save(fig, path)
 
 
+def lengths_table(result: TrainResult) -> Table:
+    """The test metric at each length that `--eval-lengths` asked for (or why that length failed)."""
+    metric = result.metric
+    table = Table(title=f"test {metric} against length", box=None)
+    for column in ("× length", "tokens", metric):
+        table.add_column(column, justify="right")
+    for row in result.lengths:
+        value = f"{row[metric]:.4f}" if metric in row else f"failed ({row['reason']}): {clip(row['detail'], 60, quote=False)}"
+        table.add_row(f"×{row['factor']}", f"{row['tokens']:,}", value)
+    return table
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -160,12 +221,11 @@ def finalists_table(summary: Summary) -> Table:
     for column in ("n", summary.metric, "p", "params", "FLOPs/token", "state"):
         table.add_column(column, justify="right", no_wrap=True)
     for s in summary.standings:
-        c = s.costs
         table.add_row(
             _short(s.entrant.label), s.entrant.role if s is not best else "best seed",
             str(s.n) + (f" ({s.failed} failed)" if s.failed else ""), _mean_std(s),
             "—" if s.p is None else f"{s.p:.2g}",
-            f"{c['params']:,}" if c else "—", f"{c['flops_per_token']:,.0f}" if c else "—", f"{c['state_size']:,}" if c else "—",
+            *cost_cells(s.costs),
         )  # fmt: skip
     return table
 
@@ -199,3 +259,18 @@ def verdict_line(summary: Summary | None) -> str:
         f"{summary.metric} {_mean_std(mine)} vs {_mean_std(theirs)} ({p}){costs}"
     )
 
+
+
+def final_report(summary: Summary | None, run: str) -> list[Table | str]:
+    """What `einsearch final` and `report` print of a run's final: the finalists' table, their
+    architectures in full, the seeds left out, whether it is unfinished, and the verdict."""
+    out: list[Table | str] = []
+    if summary is not None and summary.candidates:
+        out.append(finalists_table(summary))
+        out += [f"{s.entrant.label if s.entrant.trial is not None else 'seed':>10}  {s.entrant.arch}"
+                for s in summary.standings if s.entrant.name is None]  # fmt: skip  (whole: architectures are long)
+        out += [f"seed {name} left out: {why}" for name, why in summary.excluded.items()]
+        if not summary.complete:
+            out.append(f"(unfinished: einsearch final {run} continues it)")
+    out.append(verdict_line(summary))
+    return out

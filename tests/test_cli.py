@@ -1,8 +1,14 @@
 """The command line, through Typer's test runner."""
 
+import dataclasses
+import re
+
+import pytest
 from typer.testing import CliRunner
 
 from einsearch.cli import app
+from einsearch.search import RunConfig
+from einsearch.train import TrainConfig
 
 runner = CliRunner()
 
@@ -19,6 +25,17 @@ def test_show_seed():
     assert "attn(softmax, heads=4, pos=rope)" in result.output
     assert f"{16 * 32 * 32 + 2 * 32:,}" in result.output  # parameter count by hand
     assert f"{2 * 32 * 100:,}" in result.output  # KV cache at T=100
+
+
+def test_show_lays_the_tree_out_with_the_canonical_printer():
+    from einsearch import parse
+    from einsearch.arch import to_text
+    from einsearch.grammar.seeds import seeds
+
+    result = runner.invoke(app, ["show", "transformer", "--d-model", "32"])
+    assert result.exit_code == 0, result.output
+    layout = to_text(seeds["transformer"], indent=2)
+    assert "\n" in layout and layout in result.output and parse(layout) == seeds["transformer"]
 
 
 def test_show_architecture_text():
@@ -53,3 +70,51 @@ def test_final_on_a_missing_run_folder_is_one_line_and_status_2(tmp_path):
     result = runner.invoke(app, ["final", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {tmp_path / 'nowhere'} is not a run folder (no config.json)"
+
+
+# An option named as its field, except these; and those whose default the command line states in
+# words because it is not the field's (`einsearch run` takes the task's search budget).
+FIELD_OF = {"seed_arch": "seed_archs"}
+IN_WORDS = {"trial_budget": "the task's search budget"}
+
+
+def shown_defaults(command: str) -> dict[str, tuple[str | None, str]]:
+    """Option (as a field name) -> (the default `--help` shows, or None; the whole help line)."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "1000"})  # one line per option
+    assert result.exit_code == 0, result.output
+    shown = {}
+    for line in result.output.splitlines():
+        option = re.match(r"\W*--([a-z-]+)\s", line)
+        if option is not None:
+            default = re.search(r"\[default: ([^\]]*)\]|\(default: ([^;)]*)", line)
+            shown[option.group(1).replace("-", "_")] = (None if default is None else default.group(1) or default.group(2), line)
+    return shown
+
+
+def as_shown(value) -> str | None:
+    """A field's default as `--help` shows it: tuples comma-separated, no default for None, False or ()."""
+    if isinstance(value, tuple):
+        value = ",".join(map(str, value))
+    return None if value is None or value is False or value == "" else str(value)
+
+
+@pytest.mark.parametrize("command, config", [("run", RunConfig), ("train", TrainConfig)])
+def test_help_shows_the_config_dataclasses_defaults_and_help(command, config):
+    """Each default and its help are written once, on the config dataclass: changing one there
+    and not in the command line (or the reverse) fails here."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    compared = 0
+    for option, (default, line) in shown_defaults(command).items():
+        field = fields.get(FIELD_OF.get(option, option))
+        if field is None:
+            continue
+        about = field.metadata.get("help", "")
+        assert about.removesuffix(".") in line, (option, about, line)
+        if option in IN_WORDS:
+            assert default is not None and default.startswith(IN_WORDS[option]), (option, line)
+        elif as_shown(field.default) is not None:
+            assert default == as_shown(field.default), (option, default, field.default)
+        else:  # None: what it means is said in words, in the field's own help
+            assert default is None or f"default: {default}" in about, (option, default, about)
+        compared += 1
+    assert compared >= {"run": 25, "train": 9}[command]
