@@ -21,6 +21,7 @@ import einsearch  # noqa: E402
 ARCHS = [
     "scan(diag, state=16, selective=true)",
     "scan(diag, state=16, selective=false)",
+    "scan(ssd, heads=4, state=16)",
     "aaren(heads=4)",
     "mem(gla, heads=4)",
     "mem(retnet, heads=4)",

@@ -146,8 +146,10 @@ class Builder:
         return TopkBlockAttention(self.d, a["heads"], block=a["block"], k=a["k"])
 
     def scan(self, a: Arch) -> Mixer:
-        from einsearch.primitives.scan import DiagScan
+        from einsearch.primitives.scan import DiagScan, SSDScan
 
+        if a.variant == "ssd":
+            return SSDScan(self.d, a["heads"], state=a["state"])
         return DiagScan(self.d, state=a["state"], selective=a["selective"])
 
     def aaren(self, a: Arch) -> Mixer:

@@ -39,6 +39,7 @@ import einsearch.ops.gla
 import einsearch.ops.newton
 import einsearch.ops.rnn
 import einsearch.ops.scan
+import einsearch.ops.ssd
 import einsearch.primitives.attention
 import einsearch.primitives.base
 import einsearch.primitives.channel
@@ -68,6 +69,7 @@ ORDER = (
     einsearch.ops.gla,
     einsearch.ops.delta,
     einsearch.ops.scan,
+    einsearch.ops.ssd,
     einsearch.ops.aaren,
     einsearch.ops.rnn,
     einsearch.ops.newton,

@@ -1,5 +1,5 @@
-"""Scans as token mixers: a diagonal linear recurrence (S4D, Mamba) and softmax attention as a
-prefix scan (Aaren).
+"""Scans as token mixers: a diagonal linear recurrence (S4D, Mamba), its state-space dual with a
+scalar decay per head (Mamba-2), and softmax attention as a prefix scan (Aaren).
 
 The modules hold the parameters and the projections of x into the arguments of a functional core
 in `einsearch.ops`; `forward` calls the op's function (the chunked PyTorch form, or on a GPU its
@@ -7,6 +7,8 @@ Triton kernel), `reference` the op's plain loop and `step` its one-token form:
 
 * `ops.scan`: `scan_diag` / `naive_scan_diag` / `diag_step`,
   h_t = exp(log_a_t) ⊙ h_{t-1} + x_t b_tᵀ ; y_t = h_t c_t.
+* `ops.ssd`: `ssd_chunked` / `naive_ssd` / `ssd_step`, per head H_t = exp(log_a_t) H_{t-1} + x_t b_tᵀ ;
+  y_t = H_t c_t (no Triton kernel: the chunked form is matrix products).
 * `ops.aaren`: `aaren` / `naive_aaren` / `aaren_combine`, o_t = Σ_{i≤t} exp(s_i) v_i / Σ_{i≤t} exp(s_i),
   kept as the running triple (m, u, w) of Feng et al. (2024).
 """
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 
 from einsearch.ops.aaren import AAREN_CHUNK, aaren, aaren_combine, aaren_empty, naive_aaren
 from einsearch.ops.scan import DIAG_CHUNK, diag_step, naive_scan_diag, scan_diag
+from einsearch.ops.ssd import SSD_CHUNK, naive_ssd, ssd_chunked, ssd_step
 from einsearch.primitives.base import Mixer, State, head_dim
 
 OUTPUT_NORM_EPS = 1e-5  # Mamba-2's RMSNorm default
@@ -107,6 +110,74 @@ class DiagScan(Mixer):
     def flops(self, seq_len: int) -> float:
         projections = 2.0 * (self.d_model * self.d_model + self.d_model * 2 * self.state) if self.selective else 0.0
         update_and_readout = 2.0 * 2 * self.d_model * self.state  # x bᵀ into h, then h c
+        return seq_len * (projections + update_and_readout)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_model * self.state
+
+
+# ---------------------------------------------------------------- the state-space dual (Mamba-2)
+
+
+class SSDScan(Mixer):
+    """Mamba-2's selective scan in its state-space dual form (Dao & Gu 2024, "Transformers are
+    SSMs"): the channels split into H heads of P = D / H, each head with one scalar decay.
+
+    Per head h, with a state H_t of P × N:
+
+        H_t = exp(Δ_t[h] A[h]) H_{t-1} + Δ_t[h] x_t[h] b_tᵀ
+        y_t[h] = H_t c_t + skip[h] x_t[h]
+
+    with Δ_t = softplus(W_Δ x_t + bias) (one per head), b_t = W_b x_t and c_t = W_c x_t (N each,
+    shared by the heads: one group), A = -exp(A_log) < 0 per head.  Initialised as Mamba-2: A
+    uniform in [1, 16], Δ log-uniform in [1e-3, 1e-1], skip at 1.  The output is RMS-normalised
+    over the channels, as `DiagScan`'s selective output (Mamba-2's norm before the output
+    projection).  `scan(diag)` keeps a decay per (channel, state) pair; the scalar decay here is
+    what lets a chunk be computed with matrix products (`einsearch.ops.ssd`).
+    """
+
+    def __init__(self, d_model: int, heads: int, state: int, chunk: int = SSD_CHUNK):
+        super().__init__()
+        self.d_model, self.heads, self.state, self.chunk = d_model, heads, state, chunk
+        self.d_head = head_dim(d_model, heads, "scan(ssd)")
+        self.A_log = nn.Parameter(torch.log(torch.empty(heads).uniform_(1, 16)))
+        self.skip = nn.Parameter(torch.ones(heads))
+        dt = torch.exp(torch.empty(heads).uniform_(math.log(1e-3), math.log(1e-1)))
+        self.delta = nn.Linear(d_model, heads)
+        with torch.no_grad():
+            self.delta.bias.copy_(inverse_softplus(dt))
+        self.bc = nn.Linear(d_model, 2 * state, bias=False)
+
+    def _coefficients(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x (..., D) -> the core's inputs: Δ x (..., H, P), log_a = Δ A (..., H), b, c (..., N)."""
+        delta = F.softplus(self.delta(x))  # (..., H)
+        b, c = self.bc(x).split(self.state, dim=-1)
+        heads = x.unflatten(-1, (self.heads, self.d_head))  # (..., H, P)
+        return delta[..., None] * heads, delta * -torch.exp(self.A_log), b, c
+
+    def _read(self, y: Tensor, x: Tensor) -> Tensor:
+        """The heads' readout y (..., H, P) -> the output (..., D), with the skip and the norm."""
+        y = y + self.skip[:, None] * x.unflatten(-1, (self.heads, self.d_head))
+        return F.rms_norm(y.flatten(-2), (self.d_model,), eps=OUTPUT_NORM_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y, _ = ssd_chunked(*self._coefficients(x), chunk=self.chunk)  # (B, T, H, P)
+        return self._read(y, x)
+
+    def reference(self, x: Tensor) -> Tensor:
+        y, _ = naive_ssd(*self._coefficients(x))
+        return self._read(y, x)
+
+    def init_state(self, batch: int) -> State:
+        return torch.zeros(batch, self.heads, self.d_head, self.state, device=self._device, dtype=self._dtype)
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        y, h = ssd_step(*self._coefficients(x), state)
+        return self._read(y, x), h
+
+    def flops(self, seq_len: int) -> float:
+        projections = 2.0 * self.d_model * (self.heads + 2 * self.state)  # Δ, then b and c
+        update_and_readout = 2.0 * 2 * self.d_model * self.state  # x bᵀ into H, then H c
         return seq_len * (projections + update_and_readout)
 
     def state_size(self, seq_len: int) -> int:
