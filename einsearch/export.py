@@ -236,6 +236,7 @@ def export_source(arch: Arch, model: nn.Module, d_model: int, layers: int, note:
         "    model.load_state_dict(safetensors.torch.load_file(weights_path))\n"
     )
     header = literal(docstring) + "\n\n"
+    stacks = f"{model.stacks} * " if model.stacks > 1 else ""  # e.g. a forecast's seasonal and trend stacks
     footer = textwrap.dedent(
         f'''
 
@@ -248,7 +249,7 @@ def export_source(arch: Arch, model: nn.Module, d_model: int, layers: int, note:
             {literal(arch.text)}
 
             def __init__(self, d_model: int = {d_model}, layers: int = {layers}):
-                super().__init__(build_blocks(ARCH, d_model, layers), d_model{shell_call(model)})
+                super().__init__(build_blocks(ARCH, d_model, {stacks}layers), d_model{shell_call(model)})
         '''
     )
     return header + body + footer

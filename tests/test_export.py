@@ -53,6 +53,8 @@ def test_every_task_shell_exports_with_its_weights(tmp_path):
     models = {name: cls().model(arch, 16, 1) for name, cls in TASKS.items() if cls.positional is None or name == "lm"}
     models["csv"] = ForecastModel(build_blocks(arch, 16, 1), 16, channels=3, lookback=48, horizon=24,
                                   patch=16, stride=8, head="flatten", revin=True, mixing="independent", decomp=0)  # fmt: skip
+    models["csv_decomp"] = ForecastModel(build_blocks(arch, 16, 2), 16, channels=3, lookback=48, horizon=24, patch=16,
+                                         stride=8, head="flatten", revin=True, mixing="independent", decomp=25)  # fmt: skip
     models["seqrec"] = RecommenderModel(build_blocks(arch, 16, 1), 16, items=30)
     assert {type(m).__name__ for m in models.values()} >= {"LanguageModel", "NextStepModel", "CompressionModel", "PointerModel"}
     shapes = {}

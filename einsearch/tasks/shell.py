@@ -47,9 +47,11 @@ class Shell(nn.Module):
     """embed -> blocks -> final RMSNorm; subclasses add the head and the task's input/output form.
 
     `options` holds a subclass's constructor arguments beyond (blocks, d_model), so that the same
-    shell can be rebuilt (e.g. by `einsearch export`)."""
+    shell can be rebuilt (e.g. by `einsearch export`); `stacks` says how many stacks of `layers`
+    blocks it runs, so a rebuild passes stacks × layers blocks."""
 
     options: dict
+    stacks: int = 1
 
     def __init__(self, blocks: list[Mixer], d_model: int):
         super().__init__()
@@ -144,7 +146,7 @@ class ForecastModel(Shell):
         self.channels, self.horizon, self.patch, self.stride = channels, horizon, patch, stride
         self.revin, self.mixing, self.decomp, self.flatten = revin, mixing, decomp, head == "flatten"
         self.positions = patch_count(lookback, patch, stride)
-        branches = 2 if decomp else 1
+        branches = self.stacks = 2 if decomp else 1  # decomp: a seasonal and a trend stack
         if len(blocks) % branches:
             raise ValueError(f"decomposition needs an even number of blocks, got {len(blocks)}")
         self.layers = len(blocks) // branches

@@ -173,7 +173,7 @@ class TaskContract:
             options = model.options  # what einsearch.export writes into the standalone file
             for key, value in options.items():
                 assert ast.literal_eval(repr(value)) == value, f"{unit.spec}: option {key}={value!r} is not a literal"
-            rebuilt = type(model)(build_blocks(arch, self.d_model, self.layers), self.d_model, **options)
+            rebuilt = type(model)(build_blocks(arch, self.d_model, model.stacks * self.layers), self.d_model, **options)
             shapes = {k: v.shape for k, v in model.state_dict().items()}
             assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes, unit.spec
             rebuilt.load_state_dict(model.state_dict())
