@@ -12,6 +12,12 @@ The trainer checks its own time limit between steps; a single step can still run
 * relays `callback` and `progress` to the parent, where they run (an Optuna pruner, a Ray Tune
   report, a progress bar), and the child waits for each answer.
 
+On CUDA (`TrainConfig.device`, resolved here in the parent: `einsearch.train.on_device`) the
+address space is not capped (CUDA reserves far more virtual memory than it uses, and fails under
+a cap); the memory estimate is checked against the device's memory instead, and running out of
+it is ``oom``.  The child sees the parent's ``CUDA_VISIBLE_DEVICES`` as it is at the call (a Ray
+worker's GPU, which can change between the tasks one worker runs), not the forkserver's.
+
 Children are forked from a forkserver that has imported the trainer once, so a run after the
 first starts in milliseconds.  A child that dies (the kernel's OOM killer, a crash) is a failed
 result too; an exception that is the caller's (a `TaskError`) is raised again in the parent.
@@ -20,13 +26,14 @@ result too; an exception that is the caller's (a `TaskError`) is raised again in
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import time
 from collections.abc import Callable
 from typing import Any
 
 from einsearch.footprint import default_memory_limit
-from einsearch.train import StepInfo, TrainConfig, TrainResult
+from einsearch.train import StepInfo, TrainConfig, TrainResult, on_device
 
 PRELOAD = ["einsearch.train", "einsearch.footprint", "torch._dynamo"]  # torch._dynamo: meta tensors import it (4 s)
 POLL = 0.1  # seconds between checks of the child
@@ -49,11 +56,13 @@ def train_limited(
     from einsearch.tasks import get_task
 
     task = get_task(task)
+    config = on_device(config)  # a device this machine lacks raises here, in the caller's process
     limit = hard_limit(config.limit(config.budget or task.budget))
     relays = {name: fn for name, fn in (("callback", callback), ("progress", progress)) if fn is not None}
+    memory = None if config.device == "cuda" else config.max_memory or default_memory_limit()
     started = time.perf_counter()
     try:
-        return run_in_child(_train, (arch, task, config), relays, limit, config.max_memory or default_memory_limit())
+        return run_in_child(_train, (arch, task, config), relays, limit, memory)
     except ChildFailed as failed:
         text = arch if isinstance(arch, str) else arch.text
         return TrainResult(status="failed", reason=failed.reason, detail=failed.detail, metrics={}, costs=None, steps=0,
@@ -81,7 +90,8 @@ def run_in_child(fn: Callable, args: tuple, relays: dict[str, Callable], time_li
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     parent, child = context.Pipe()
-    process = context.Process(target=_child_main, args=(child, fn, args, tuple(relays), memory), daemon=True)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    process = context.Process(target=_child_main, args=(child, fn, args, tuple(relays), memory, visible), daemon=True)
     deadline = None if time_limit is None else time.monotonic() + time_limit
     process.start()
     child.close()
@@ -118,7 +128,11 @@ def _death(exitcode: int | None) -> tuple[str, str]:
     return "error", f"the training process died (exit code {exitcode})"
 
 
-def _child_main(conn: Any, fn: Callable, args: tuple, relay_names: tuple[str, ...], memory: int | None) -> None:
+def _child_main(conn: Any, fn: Callable, args: tuple, relay_names: tuple[str, ...], memory: int | None, visible: str | None) -> None:
+    if visible is None:  # before anything initialises CUDA in this process
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
     if memory is not None:
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         cap = _address_space() + memory

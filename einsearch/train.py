@@ -19,6 +19,14 @@ candidates run as processes).  With ``init_from`` (a parent's weights) and ``ini
 parent's architecture), the freshly built model starts from the parent's tensors wherever the two
 trees agree (`einsearch.inherit`; an evolution child's weight inheritance).
 
+Devices: ``device="auto"`` (the default) trains on CUDA where torch sees a CUDA device and on
+the CPU otherwise; ``"cuda"`` without one raises ValueError.  The model is built and initialised
+on the CPU and then moved, each batch is moved as it is drawn, and evaluation runs where the model
+is.  ``precision="bf16"`` runs every forward pass (training, rungs, evaluation) under
+``torch.autocast`` to bfloat16 on CUDA, the weights, gradients and optimiser state staying
+float32; on the CPU it is refused (ValueError), never silently run in float32.
+``TrainResult.device`` names the device a run used.
+
 At the end the model is evaluated on the validation and the test split (``val/<metric>``,
 ``test/<metric>``).  The validation split is also evaluated during training, every
 ``eval_every`` steps, or at each tenth of the budget when ``selection`` is ``"best"``; a
@@ -72,6 +80,7 @@ Problems with the task itself (unknown name, a missing data file) are the caller
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -97,6 +106,9 @@ __all__ = ["Budget", "StepInfo", "TrainConfig", "TrainResult", "train"]
 
 OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 SCHEDULES = ("wsd", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+BF16_ON_CPU = "precision bf16 needs a CUDA device (bfloat16 autocast runs on CUDA only); on the CPU use fp32"
 STEPS_TIME_LIMIT = 3600.0  # the default safety limit of a budget in steps
 
 
@@ -124,7 +136,9 @@ class TrainConfig:
                                              f"{STEPS_TIME_LIMIT / 3600:g} hour for a budget in steps).")  # time budget: 1.5 × it + 60 s
     diverge_factor: float = 100.0
     threads: int | None = 1  # torch threads; None leaves torch's setting alone
-    device: str = "cpu"
+    device: str = setting("auto", "auto (CUDA when the worker has a CUDA device; on Ray: when Ray gave the trial a GPU) | "
+                                  "cpu | cuda.")  # fmt: skip
+    precision: str = setting("fp32", "fp32 | bf16 (bfloat16 autocast on CUDA; refused on the CPU).")
     weights_path: str | None = None  # where to save the trained weights (safetensors) of a run that ends ok
     rungs: tuple[int, ...] = ()  # steps at which a cooled-down copy is scored for a scheduler (see the module doc)
     rung_cooldown: float | None = None  # the copy's cool-down, a fraction of the steps so far; None: cooldown (wsd), 0 (cosine)
@@ -136,6 +150,12 @@ class TrainConfig:
     eval_lengths: tuple[int, ...] = ()  # after training, test at these multiples of the task's length (see the module doc)
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "bf16" and self.device == "cpu":
+            raise ValueError(BF16_ON_CPU)
         if self.selection not in (None, "last", "best"):
             raise ValueError(f"selection must be 'last' or 'best', got {self.selection!r}")
         if self.eval_every is not None and self.eval_every < 1:
@@ -213,6 +233,7 @@ class TrainResult:
     rungs: tuple[dict[str, float], ...] = ()  # at each rung reached: step, cooldown (steps) and the copy's validation metrics
     resumed_from: int = 0  # the step of the saved state (`TrainConfig.state_path`) it continued from; 0: from scratch
     lengths: tuple[dict[str, Any], ...] = ()  # per `TrainConfig.eval_lengths` factor: factor, tokens, test metrics or reason and detail
+    device: str = ""  # where it trained: "cpu", or "cuda:0 <device name>" (`TrainConfig.device` resolved)
 
     @property
     def ok(self) -> bool:
@@ -286,6 +307,47 @@ def scheduled_lr(config: TrainConfig, peak: float, fraction: float) -> float:
     return learning_rate(peak, fraction, config.warmup, config.min_lr_ratio)
 
 
+NO_CUDA = "device cuda: torch finds no CUDA device here (torch.cuda.is_available() is False); use --device auto or cpu"
+
+
+def resolve_device(device: str) -> str:
+    """`TrainConfig.device` on this process's machine: auto is cuda where torch sees a CUDA
+    device, else cpu; cuda without a CUDA device raises ValueError (the caller's problem, as a
+    missing data file is).  A Ray worker resolves auto itself first (`einsearch.search.run.evaluate`:
+    cuda only when Ray gave the trial a GPU)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(NO_CUDA)
+    return device
+
+
+def describe_device(device: str) -> str:
+    """'cpu', or 'cuda:<index> <name>' of the CUDA device torch uses for `device`."""
+    if torch.device(device).type != "cuda":
+        return device
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """The forward passes' precision: bf16 is torch.autocast to bfloat16 on CUDA (matrix
+    products and convolutions in bfloat16, reductions and the loss in float32; the weights,
+    gradients and optimiser state stay float32); fp32 changes nothing."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def memory_ceiling(config: TrainConfig) -> int:
+    """What a candidate's estimated memory may reach: `max_memory`, else half the machine's
+    memory on the CPU, or the CUDA device's whole memory on CUDA (where its tensors live)."""
+    if config.max_memory is not None:
+        return config.max_memory
+    if torch.device(config.device).type == "cuda":
+        return torch.cuda.get_device_properties(torch.device(config.device).index or 0).total_memory
+    return default_memory_limit()
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices (dim >= 2) only, not on gains, biases or embeddings."""
     decay, keep, seen = [], [], set()
@@ -299,11 +361,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.op
     return torch.optim.AdamW(groups, lr=lr, betas=config.betas)
 
 
-def evaluate(task: Task, model: nn.Module, split: Any, started: float, limit: float | None) -> dict[str, float]:
-    """The task's metrics on one split, checked for finiteness and the time limit."""
+def evaluate(task: Task, model: nn.Module, split: Any, started: float, limit: float | None, precision: str = "fp32") -> dict[str, float]:
+    """The task's metrics on one split (the task moves each batch to the model's device), in
+    the training's `precision`, checked for finiteness and the time limit."""
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision):
             metrics = task.evaluate(model, split)
     finally:
         model.train()
@@ -329,15 +392,29 @@ def train(
     `config.eval_every` steps) and at each rung (`config.rungs`, with the rung's score) and may
     return True to stop training (the result then has ``reason="stopped"`` and only validation
     metrics: at a rung, the rung's score).
-    `progress(StepInfo)` is called after every step (e.g. for a progress bar)."""
+    `progress(StepInfo)` is called after every step (e.g. for a progress bar).
+
+    The model, each batch and each evaluation run on `config.device` (`resolve_device`; a
+    device or precision this machine cannot give raises ValueError); the model is initialised on
+    the CPU first, so a seed gives the same initial weights on every device."""
     task = get_task(task)
     for factor in config.eval_lengths:  # a task without a length, or too long a one, is the caller's problem
         length_task(task, factor)
+    config = on_device(config)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     if isinstance(task, Suite):
         return _train_suite(arch, task, config, callback, progress)
     return _train_one(arch, task, config, callback, progress)
+
+
+def on_device(config: TrainConfig) -> TrainConfig:
+    """`config` with its device resolved on this machine (`resolve_device`); bf16 on a CPU
+    raises ValueError."""
+    device = resolve_device(config.device)
+    if config.precision == "bf16" and device != "cuda":
+        raise ValueError(BF16_ON_CPU)
+    return config if device == config.device else replace(config, device=device)
 
 
 def _train_one(
@@ -352,7 +429,8 @@ def _train_one(
     limit = config.limit(budget)
     arch_text = arch if isinstance(arch, str) else arch.text
     outcome: dict[str, Any] = dict(
-        task=task.spec, arch=arch_text, metric=task.metric, mode=task.mode, costs=None, steps=0, metrics={}, history=()
+        task=task.spec, arch=arch_text, metric=task.metric, mode=task.mode, costs=None, steps=0, metrics={}, history=(),
+        device=describe_device(config.device),
     )
     splits = task.data()  # a TaskError here is the caller's problem, not the candidate's
     outcome["info"] = task.info()
@@ -367,7 +445,7 @@ def _train_one(
         tree = resolve(arch) if isinstance(arch, str) else arch
         outcome["arch"] = tree.text
         need = estimate_training(task, tree, config.d_model, config.layers, splits.train.sample(batch_size, generator))
-        check_ceiling(need, config.max_memory or default_memory_limit())
+        check_ceiling(need, memory_ceiling(config))
         torch.manual_seed(config.seed)
         model = task.model(tree, config.d_model, config.layers).to(config.device)
         outcome["costs"] = measure_costs(model, task.tokens).as_dict()
@@ -395,7 +473,7 @@ def _train_one(
     train_started = time.perf_counter()
     step = 0
     if config.state_path is not None and os.path.exists(config.state_path):  # continue a saved run
-        state = torch.load(config.state_path, weights_only=True)
+        state = torch.load(config.state_path, weights_only=True, map_location=config.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -420,7 +498,7 @@ def _train_one(
             for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr(config, peak, fraction)
             batch = tuple(t.to(config.device) for t in splits.train.sample(batch_size, generator))
-            value = take_step(task, model, optimizer, params, batch, config.clip, f"at step {step}")
+            value = take_step(task, model, optimizer, params, batch, config.clip, f"at step {step}", config.precision)
             first_loss = value if first_loss is None else first_loss
             running = value if running is None else 0.9 * running + 0.1 * value
             if running > config.diverge_factor * max(first_loss, 1e-8):
@@ -435,7 +513,7 @@ def _train_one(
                 pending = [s for s in pending if s > step]
             plain = None
             if evaluations.due(step, fraction) and fraction < 1.0:  # the final evaluation follows the loop
-                val = plain = evaluate(task, model, splits.val, started, limit)
+                val = plain = evaluate(task, model, splits.val, started, limit, config.precision)
                 history.append({"step": step, **val})
                 outcome["history"] = tuple(history)
                 if best is not None:
@@ -455,13 +533,13 @@ def _train_one(
             if callback is not None and callback(step, val):
                 outcome["metrics"] = {"train/loss": running, **{f"val/{k}": v for k, v in val.items()}}
                 return finish("ok", "stopped")
-        val = evaluate(task, model, splits.val, started, limit)
+        val = evaluate(task, model, splits.val, started, limit, config.precision)
         outcome["selected_step"] = step
         if best is not None and not best.offer(step, val, model):
             model.load_state_dict(best.state)
             val, outcome["selected_step"] = best.metrics, best.step
-        test = evaluate(task, model, splits.test, started, limit)
-        outcome["lengths"] = evaluate_lengths(task, model, config.eval_lengths, started, limit)
+        test = evaluate(task, model, splits.test, started, limit, config.precision)
+        outcome["lengths"] = evaluate_lengths(task, model, config.eval_lengths, started, limit, config.precision)
     except Failure as failure:
         return finish("failed", failure.reason, failure.detail)
     except Exception as error:  # noqa: BLE001 - the candidate's failure, reported, never raised
@@ -490,7 +568,9 @@ def length_task(task: Task, factor: int) -> Task:
     return task.at_length(factor)
 
 
-def evaluate_lengths(task: Task, model: nn.Module, factors: tuple[int, ...], started: float, limit: float | None) -> tuple[dict[str, Any], ...]:
+def evaluate_lengths(
+    task: Task, model: nn.Module, factors: tuple[int, ...], started: float, limit: float | None, precision: str = "fp32"
+) -> tuple[dict[str, Any], ...]:
     """The model's test metrics at each of `factors` times the task's length (`length_task`):
     per factor, a dict of the factor, the test examples' length in tokens and the metrics, or,
     where that length failed (non-finite metrics, out of memory, any error), ``reason`` and
@@ -505,7 +585,7 @@ def evaluate_lengths(task: Task, model: nn.Module, factors: tuple[int, ...], sta
                 raise Failure("timeout", f"not tested: the time limit of {limit:g}s had passed")
             split = longer.data().test
             row["tokens"] = int(next(iter(split.batches(1)))[0].shape[1])  # (1, T, ...): as long as the examples are
-            row.update(evaluate(longer, model, split, started, limit))
+            row.update(evaluate(longer, model, split, started, limit, precision))
         except Failure as failure:
             row.update(reason=failure.reason, detail=failure.detail)
         except Exception as error:  # noqa: BLE001 - the candidate's failure at this length, recorded
@@ -514,10 +594,15 @@ def evaluate_lengths(task: Task, model: nn.Module, factors: tuple[int, ...], sta
     return tuple(rows)
 
 
-def take_step(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], batch: tuple, clip: float, where: str) -> float:
-    """One optimiser step on `batch` with gradient clipping; returns the loss.  A non-finite loss
-    or gradient norm ends the run as ``nan`` (`where` says when, for the message)."""
-    loss = task.loss(model, batch)
+def take_step(
+    task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], batch: tuple, clip: float,
+    where: str, precision: str = "fp32",
+) -> float:
+    """One optimiser step on `batch` with gradient clipping; returns the loss.  The forward pass
+    and the loss run in `precision` (`autocast`), the backward pass and the step outside it.  A
+    non-finite loss or gradient norm ends the run as ``nan`` (`where` says when, for the message)."""
+    with autocast(precision):
+        loss = task.loss(model, batch)
     value = loss.item()
     if not math.isfinite(value):
         raise Failure("nan", f"non-finite training loss {where}")
@@ -541,7 +626,7 @@ def score_rung(
     restored afterwards."""
     n = round(config.rung_cooldown_fraction * step)
     if n == 0:
-        return 0, evaluate(task, model, splits.val, started, limit)
+        return 0, evaluate(task, model, splits.val, started, limit, config.precision)
     devices = [torch.device(config.device).index or 0] if torch.device(config.device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         twin = copy.deepcopy(model)
@@ -557,8 +642,8 @@ def score_rung(
             for group in optimizer_twin.param_groups:
                 group["lr"] = start_lr * (n - i) / n
             batch = tuple(t.to(config.device) for t in splits.train.sample(batch_size, generator))
-            take_step(task, twin, optimizer_twin, params, batch, config.clip, f"in the cool-down of the rung at step {step}")
-        return n, evaluate(task, twin, splits.val, started, limit)
+            take_step(task, twin, optimizer_twin, params, batch, config.clip, f"in the cool-down of the rung at step {step}", config.precision)
+        return n, evaluate(task, twin, splits.val, started, limit, config.precision)
 
 
 def save_state(path: str, **state: Any) -> None:
@@ -631,7 +716,8 @@ def _train_suite(
     steps = sum(r.steps for r in results)
     first = results[0]
     metrics = suite.aggregate([r.metrics for r in results])
-    common = dict(task=suite.spec, arch=first.arch, metric=suite.metric, mode=suite.mode, costs=first.costs, steps=steps, seconds=seconds)
+    common = dict(task=suite.spec, arch=first.arch, metric=suite.metric, mode=suite.mode, costs=first.costs, steps=steps,
+                  seconds=seconds, device=first.device)  # fmt: skip
     failed = next(((m, r) for m, r in zip(members, results) if not r.ok), None)
     if failed is not None:
         member, result = failed

@@ -78,6 +78,50 @@ def test_fixed_seeds_give_identical_results_and_another_seed_does_not():
     assert set(a.metrics) >= {"train/loss", "val/accuracy", "test/accuracy", "val/loss", "test/loss"}
 
 
+# ---------------------------------------------------------------------------------------------
+# devices and precision
+
+
+def test_device_and_precision_are_checked_when_the_config_is_made():
+    assert (TrainConfig().device, TrainConfig().precision) == ("auto", "fp32")
+    for changes, message in [(dict(device="tpu"), "device must be one of auto, cpu, cuda"),
+                             (dict(precision="fp16"), "precision must be one of fp32, bf16"),
+                             (dict(device="cpu", precision="bf16"), "precision bf16 needs a CUDA device")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**changes)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only behaviour")
+def test_auto_trains_on_the_cpu_without_cuda_and_cuda_or_bf16_are_refused_not_run(monkeypatch):
+    import importlib
+
+    trainer = importlib.import_module("einsearch.train")  # the module (einsearch.train is also the function)
+    seen = []
+    real = trainer.autocast
+    monkeypatch.setattr(trainer, "autocast", lambda precision: seen.append(precision) or real(precision))
+    result = train(TINY, SMALL_MQAR, replace(CONFIG, budget=Budget(steps=2)))
+    assert result.ok and result.device == "cpu"
+    assert seen.count("fp32") == 2 + 2  # every step's forward pass and each evaluation (val, test) go through autocast
+    for changes in (dict(device="cuda"), dict(precision="bf16")):  # the caller's problem: raised, never a silent CPU fp32 run
+        with pytest.raises(ValueError, match="CUDA device"):
+            train(TINY, SMALL_MQAR, replace(CONFIG, **changes))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_in_fp32_and_bf16():
+    from einsearch.train import autocast
+
+    with autocast("bf16"):
+        assert (torch.ones(4, 4, device="cuda") @ torch.ones(4, 4, device="cuda")).dtype == torch.bfloat16
+    results = {p: train("transformer", SMALL_MQAR, replace(CONFIG, device="cuda", precision=p, budget=Budget(steps=20))) for p in ("fp32", "bf16")}
+    for precision, result in results.items():
+        assert result.ok, (precision, result.detail)
+        assert result.device.startswith("cuda:") and math.isfinite(result.metrics["test/loss"])
+    auto = train(TINY, SMALL_MQAR, replace(CONFIG, device="auto"))
+    assert auto.ok and auto.device.startswith("cuda:")
+
+
 def test_result_reports_costs_of_the_whole_model_and_uses_one_thread():
     torch.set_num_threads(2)
     result = train("transformer", SMALL_MQAR, CONFIG)
