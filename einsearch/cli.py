@@ -193,6 +193,8 @@ def train_command(
     lr: Annotated[float | None, typer.Option(help=help_of(TrainConfig, "lr"), min=0.0)] = None,
     batch_size: Annotated[int | None, typer.Option(help=help_of(TrainConfig, "batch_size"), min=1)] = None,
     seed: Annotated[int, typer.Option(help=help_of(TrainConfig, "seed"))] = TrainConfig.seed,
+    device: Annotated[str, typer.Option(help=help_of(TrainConfig, "device"))] = TrainConfig.device,
+    precision: Annotated[str, typer.Option(help=help_of(TrainConfig, "precision"))] = TrainConfig.precision,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     max_memory: MaxMemoryOption = None,
     time_limit: Annotated[float | None, typer.Option(help=help_of(TrainConfig, "time_limit"), min=0)] = None,
@@ -203,8 +205,9 @@ def train_command(
     Exit status 1 when the candidate fails (NaN, divergence, out of memory, time limit, build error)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from einsearch.tasks import Budget, TaskError, get_task
     from einsearch.limits import train_limited
+    from einsearch.tasks import Budget, TaskError, get_task
+    from einsearch.train import on_device
 
     tree = _arch(arch)
     try:
@@ -214,8 +217,12 @@ def train_command(
     factors = _factors(eval_lengths) if eval_lengths is not None else ()
     if plot is not None:
         _check_plot(plot, factors)
-    config = TrainConfig(d_model=d_model, layers=layers, budget=limit, lr=lr, batch_size=batch_size, seed=seed,
-                         max_memory=_ceiling(max_memory), time_limit=time_limit, eval_lengths=factors)  # fmt: skip
+    try:  # the device is this machine's: one line and status 2 before any work if it cannot give it
+        config = on_device(TrainConfig(d_model=d_model, layers=layers, budget=limit, lr=lr, batch_size=batch_size, seed=seed,
+                                       max_memory=_ceiling(max_memory), time_limit=time_limit, eval_lengths=factors,
+                                       device=device, precision=precision))  # fmt: skip
+    except ValueError as e:
+        fail(str(e))
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), disable=json_output, transient=True,
@@ -319,6 +326,11 @@ def run_command(
     workers: Annotated[int | None, typer.Option(help=help_of(RunConfig, "workers", "{}; with --resume: the run's"), min=1)] = None,
     executor: Annotated[str | None, typer.Option(help=help_of(RunConfig, "executor", "{}; with --resume: the run's"))] = None,
     address: Annotated[str | None, typer.Option(help=help_of(RunConfig, "address"))] = None,
+    device: Annotated[str, typer.Option(help=help_of(RunConfig, "device"))] = RunConfig.device,
+    precision: Annotated[str, typer.Option(help=help_of(RunConfig, "precision"))] = RunConfig.precision,
+    cpus_per_trial: Annotated[float, typer.Option(help=help_of(RunConfig, "cpus_per_trial"))] = RunConfig.cpus_per_trial,
+    gpus_per_trial: Annotated[float, typer.Option(help=help_of(RunConfig, "gpus_per_trial"))] = RunConfig.gpus_per_trial,
+    resources_per_trial: Annotated[str | None, typer.Option(help=help_of(RunConfig, "resources_per_trial"))] = None,
     scheduler: Annotated[str, typer.Option(help=help_of(RunConfig, "scheduler"))] = RunConfig.scheduler,
     rungs: Annotated[int, typer.Option(help=help_of(RunConfig, "rungs"), min=1)] = RunConfig.rungs,
     eta: Annotated[int, typer.Option(help=help_of(RunConfig, "eta"), min=2)] = RunConfig.eta,
@@ -347,7 +359,8 @@ def run_command(
         start,
     )
     from einsearch.search import resume as resume_run
-    from einsearch.search.cluster import check_executor
+    from einsearch.search.cluster import check_devices, check_executor
+    from einsearch.search.config import parse_resources
     from einsearch.tasks import TaskError, get_task
 
     try:
@@ -365,8 +378,11 @@ def run_command(
                 max_params=max_params, max_flops=max_flops, max_state=max_state, d_model=d_model, layers=layers,
                 max_memory=None if max_memory is None else _ceiling(max_memory),
                 seed=seed, storage=storage, finalists=finalists, final_seeds=final_seeds, inherit=inherit,
+                device=device, precision=precision, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                resources_per_trial=parse_resources(resources_per_trial) if resources_per_trial else (),
             )  # fmt: skip
             check_executor(config.executor, config.address)  # a bad --address fails here, before the run folder exists
+            check_devices(config)  # and so does a device or resource that no machine offers
             outcome = start(config, RunFolder(output) if output else new_run_folder())
     except (ValueError, TaskError, SpaceError, ArchSyntaxError, FileNotFoundError, FileExistsError) as e:
         fail(str(e))

@@ -117,4 +117,30 @@ def test_help_shows_the_config_dataclasses_defaults_and_help(command, config):
         else:  # None: what it means is said in words, in the field's own help
             assert default is None or f"default: {default}" in about, (option, default, about)
         compared += 1
-    assert compared >= {"run": 25, "train": 9}[command]
+    assert compared >= {"run": 30, "train": 11}[command]
+
+
+no_cuda = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+
+
+@no_cuda
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--device", "cuda", "--executor", "inline"], "--device cuda: no CUDA device on this machine"),
+        (["run", "--device", "cuda", "--gpus-per-trial", "0.5"], "--device cuda: no CUDA device on this machine"),  # a local Ray
+        (["run", "--precision", "bf16", "--executor", "inline"], "--precision bf16: no CUDA device on this machine"),
+        (["run", "--device", "cuda"], "device cuda on Ray needs --gpus-per-trial"),
+        (["run", "--device", "cpu", "--gpus-per-trial", "1"], "reserves GPUs that device cpu never uses"),
+        (["run", "--resources-per-trial", '{"gpu_stand_in": 1}'], "a local Ray offers no such resource"),
+        (["run", "--resources-per-trial", "[1]"], "give a JSON object"),
+        (["train", "transformer", "--device", "cuda"], "device cuda: torch finds no CUDA device here"),
+        (["train", "transformer", "--precision", "bf16"], "precision bf16 needs a CUDA device"),
+    ],
+)  # fmt: skip
+def test_a_device_this_machine_lacks_is_one_line_and_status_2_before_anything_exists(tmp_path, args, message):
+    output = ["--output", str(tmp_path / "run")] if args[0] == "run" else []
+    result = runner.invoke(app, [*args, *output])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,15 @@ class RunConfig:
     executor: str = setting("ray", "ray (local Ray or --address) | inline (in this process).")  # one of EXECUTORS
     address: str | None = setting(None, "Join this Ray cluster (default: RAY_ADDRESS, else a local Ray; --resume never "
                                         "takes it from the run folder).")  # fmt: skip
+    device: str = setting(TrainConfig.device, help_of(TrainConfig, "device"))
+    precision: str = setting(TrainConfig.precision, help_of(TrainConfig, "precision"))
+    # what each trial (and each final training) asks Ray for; a trial sees a GPU only if it asks for one
+    cpus_per_trial: float = setting(1.0, "Ray: CPUs each trial reserves; it trains on that many threads (at least 1).")
+    gpus_per_trial: float = setting(0.0, "Ray: GPUs each trial reserves; a fraction (e.g. 0.5) lets several trials share one "
+                                         "device. Needed for --device cuda or --precision bf16 on Ray.")  # fmt: skip
+    resources_per_trial: tuple[tuple[str, float], ...] = setting(
+        (), "Ray: other resources each trial reserves, as JSON, e.g. '{\"accelerator_type:H100\": 0.001}' (only nodes "
+            "that offer them run trials).")  # fmt: skip  # sorted (name, amount) pairs; config.json keeps an object
     scheduler: str = setting("asha", "asha (successive halving: weak candidates stop at a rung) | fifo (all train the full budget).")
     rungs: int = setting(3, "asha: rungs of the ladder, at full/eta^(rungs-1), ..., full/eta, full steps.")
     eta: int = setting(3, "asha: reduction factor: about 1/eta of a rung's candidates go on.")
@@ -102,8 +112,45 @@ class RunConfig:
             problems.append(f"rungs must be at least 1, got {self.rungs}")
         if self.eta < 2:
             problems.append(f"eta (the reduction factor) must be at least 2, got {self.eta}")
+        problems += self._device_problems()
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _device_problems(self) -> list[str]:
+        """What is wrong with the device, precision and per-trial resources (Ray's rules: a
+        quantity above 1 is whole; a GPU only for a trial that asks for one)."""
+        problems = []
+        try:
+            TrainConfig(device=self.device, precision=self.precision)
+        except ValueError as e:
+            problems.append(str(e))
+        if not self.cpus_per_trial > 0:
+            problems.append(f"cpus per trial must be positive, got {self.cpus_per_trial:g}")
+        if not self.gpus_per_trial >= 0:
+            problems.append(f"gpus per trial must be at least 0, got {self.gpus_per_trial:g}")
+        for name, amount in (("cpus per trial", self.cpus_per_trial), ("gpus per trial", self.gpus_per_trial), *self.resources_per_trial):
+            if amount > 1 and amount != int(amount):
+                problems.append(f"{name}: Ray takes a fraction only below 1, whole numbers above it; got {amount:g}")
+        for name, amount in self.resources_per_trial:
+            if not isinstance(name, str) or not name or name.upper() in ("CPU", "GPU", "MEMORY"):
+                problems.append(f"resources per trial: {str(name)[:40]!r} is not a custom resource name (CPUs and GPUs have "
+                                "--cpus-per-trial and --gpus-per-trial)")  # fmt: skip
+            elif not (isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0):
+                problems.append(f"resources per trial: {name[:40]!r} needs a positive amount, got {str(amount)[:20]}")
+        if self.executor == "ray" and self.gpus_per_trial == 0 and (self.device == "cuda" or self.precision == "bf16"):
+            problems.append(
+                f"{'device cuda' if self.device == 'cuda' else 'precision bf16'} on Ray needs --gpus-per-trial (e.g. 1, or 0.5 "
+                "to share a GPU): Ray gives a trial a GPU only if it asks for one"
+            )
+        if self.gpus_per_trial > 0 and self.device == "cpu":
+            problems.append(f"--gpus-per-trial {self.gpus_per_trial:g} reserves GPUs that device cpu never uses")
+        return problems
+
+    @property
+    def trial_resources(self) -> dict[str, float]:
+        """What one trial (or final training) asks Ray for, in Ray's names: CPU, GPU (if any) and
+        the custom resources."""
+        return {"CPU": self.cpus_per_trial, **({"GPU": self.gpus_per_trial} if self.gpus_per_trial else {}), **dict(self.resources_per_trial)}
 
     @property
     def eval_interval(self) -> int | None:
@@ -137,11 +184,12 @@ class RunConfig:
         return TrainConfig(**{
             "d_model": self.d_model, "layers": self.layers, "budget": Budget.parse(self.trial_budget), "seed": self.seed,
             "time_limit": self.candidate_time_limit, "max_memory": self.max_memory, "eval_every": self.eval_interval,
+            "device": self.device, "precision": self.precision, "threads": max(1, int(self.cpus_per_trial)),
             **changes,
         })  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "resources_per_trial": dict(self.resources_per_trial)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
@@ -150,6 +198,8 @@ class RunConfig:
         for key in ("seed_archs", "objectives"):
             if key in data:
                 data[key] = tuple(data[key])
+        if "resources_per_trial" in data:
+            data["resources_per_trial"] = resource_pairs(data["resources_per_trial"])
         return cls(**data)
 
     def replace(self, **changes: Any) -> "RunConfig":
@@ -169,6 +219,23 @@ class Execution:
     workers: int | None = None
     address: str | None = None
     storage: str | None = None
+
+
+def resource_pairs(resources: Any) -> tuple[tuple[str, float], ...]:
+    """Custom resources as `RunConfig.resources_per_trial` holds them (sorted name, amount pairs),
+    from a mapping or pairs; the amounts are checked by RunConfig."""
+    return tuple(sorted(dict(resources).items()))
+
+
+def parse_resources(text: str) -> tuple[tuple[str, float], ...]:
+    """--resources-per-trial: a JSON object of resource names and amounts, e.g. '{"gpu_stand_in": 1}'."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"resources per trial: not JSON ({e.msg} at column {e.colno}); give an object such as '{{\"name\": 1}}'") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"resources per trial: give a JSON object of names and amounts such as '{{\"name\": 1}}', not {type(data).__name__}")
+    return resource_pairs(data)
 
 
 def parse_duration(text: str) -> float:

@@ -8,6 +8,8 @@
   (time attribute: steps) stops weak candidates at a rung; the others keep training.  A Tune
   `Searcher` adapts the driver: `suggest` asks it for a job, `on_trial_result` passes on rung
   scores, `on_trial_complete` hands back the outcome (a stopped trial's: its last rung report).
+  Each trial asks Ray for `RunConfig.trial_resources` (``--cpus-per-trial``, ``--gpus-per-trial``,
+  ``--resources-per-trial``) and reports the node it ran on, which its record keeps.
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def _trainable(config: dict[str, Any]) -> None:
     worker died) continues from the checkpoint of its last rung."""
     from ray import tune
 
+    import ray
+
     job, metric = Job.from_dict(config["job"]), config["job"]["metric"]  # the job crossed as text: read it once
+    node = ray.get_runtime_context().get_node_id()
     rungs = set(job.train.rungs)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="einsearch-trial-") as work:
@@ -92,13 +97,13 @@ def _trainable(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory(prefix="einsearch-rung-") as folder:
                 shutil.copy(state_path, os.path.join(folder, "state.pt"))
                 Path(folder, "rungs.json").write_text(json.dumps(scores))
-                metrics = {"objective": val.get(metric, math.nan), "step": step, "partial": json.dumps(partial)}
+                metrics = {"objective": val.get(metric, math.nan), "step": step, "partial": json.dumps(partial), "node": node}
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
             return False
 
-        outcome = evaluate(job, callback=report if rungs else None, state_path=state_path if rungs else None)
+        outcome = evaluate(job, callback=report if rungs else None, state_path=state_path if rungs else None, ray_worker=True)
     value = outcome.get("metrics", {}).get(f"val/{metric}")
-    tune.report({"objective": math.nan if value is None else value, "outcome": json.dumps(outcome)})
+    tune.report({"objective": math.nan if value is None else value, "outcome": json.dumps(outcome), "node": node})
 
 
 def _costs(job: Job) -> dict[str, Any] | None:
@@ -139,14 +144,15 @@ def _driver_searcher_class():
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             job = self.jobs.pop(trial_id)
+            node = (result or {}).get("node", "")
             if error:
-                self.search.finish(job, None, error="worker_crash")
+                self.search.finish(job, None, error="worker_crash", node=node)
             elif result is not None and "outcome" in result:
-                self.search.finish(job, json.loads(result["outcome"]))
+                self.search.finish(job, json.loads(result["outcome"]), node=node)
             elif result is not None and "partial" in result:  # stopped by the scheduler after this rung
-                self.search.finish(job, json.loads(result["partial"]))
+                self.search.finish(job, json.loads(result["partial"]), node=node)
             else:
-                self.search.finish(job, None, error="stopped")
+                self.search.finish(job, None, error="stopped", node=node)
             self.update()
 
         def save(self, checkpoint_path: str) -> None:
@@ -165,7 +171,8 @@ def _driver_searcher_class():
 
 def run_ray(search: Search, update: Update = lambda: None) -> bool:
     """Run the search on Ray Tune; returns False if it was interrupted before finishing."""
-    with ray_session(search.config.workers, search.config.address):
+    config = search.config
+    with ray_session(config.workers, config.address, config.cpus_per_trial, config.trial_resources):
         return _tune(search, update)
 
 
@@ -189,7 +196,7 @@ def _tune(search: Search, update: Update) -> bool:
         scheduler = FIFOScheduler()
     session = sum(1 for _ in (search.folder.path / "tune").glob("session-*")) if (search.folder.path / "tune").exists() else 0
     tuner = tune.Tuner(
-        tune.with_resources(_trainable, {"cpu": 1}),
+        tune.with_resources(_trainable, tune.PlacementGroupFactory([config.trial_resources])),
         tune_config=tune.TuneConfig(
             search_alg=_driver_searcher_class()(search, update),
             scheduler=scheduler,

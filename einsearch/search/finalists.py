@@ -26,7 +26,8 @@ Files, beside trials.jsonl in the run folder:
     verdict(summary)                           # the candidate that makes the claim, and whether it holds
 
 Trainings run on the run's executor: one by one in this process (`inline`), or as Ray tasks,
-`workers` at a time (`ray`).
+`workers` at a time (`ray`), each asking for the resources a search trial asks for
+(`RunConfig.trial_resources`).
 """
 
 from __future__ import annotations
@@ -467,17 +468,29 @@ def run_jobs(jobs: list[Job], config: RunConfig) -> Iterator[tuple[int, dict[str
 
 
 def _run_on_ray(jobs: list[dict[str, Any]], config: RunConfig) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Ray tasks of one CPU each, at most `workers` at once. Ray retries a task whose worker
-    died; one that still fails is a failed training (`worker_crash`)."""
-    with ray_session(config.workers, config.address):
-        yield from _run_tasks(jobs, config.workers)
+    """Ray tasks with a trial's resources each, at most `workers` at once. Ray retries a task
+    whose worker died; one that still fails is a failed training (`worker_crash`)."""
+    with ray_session(config.workers, config.address, config.cpus_per_trial, config.trial_resources):
+        yield from _run_tasks(jobs, config.workers, task_options(config))
 
 
-def _run_tasks(jobs: list[dict[str, Any]], workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """`jobs` as Ray tasks on the Ray of this process, at most `workers` at once."""
+def task_options(config: RunConfig) -> dict[str, Any]:
+    """`ray.remote` options for one final training: what a search trial asks for."""
+    resources = dict(config.trial_resources)
+    return {"num_cpus": resources.pop("CPU"), "num_gpus": resources.pop("GPU", 0), "resources": resources}
+
+
+def _evaluate_on_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """`evaluate` in a Ray worker: device auto is the GPU Ray gave this task, if any."""
+    return evaluate(job, ray_worker=True)
+
+
+def _run_tasks(jobs: list[dict[str, Any]], workers: int, options: dict[str, Any] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`jobs` as Ray tasks on the Ray of this process, at most `workers` at once, each with
+    `options` (`task_options`; default one CPU)."""
     import ray
 
-    remote = ray.remote(num_cpus=1)(evaluate)
+    remote = ray.remote(**(options or {"num_cpus": 1}))(_evaluate_on_worker)
     waiting, running = list(enumerate(jobs)), {}
     try:
         while waiting or running:

@@ -81,6 +81,8 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "inherited": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
     "rung": (lambda v: v is None or (_whole(v) and v >= 0), "a whole number or null"),
     "rung_scores": (_numbers, "a list of numbers"),
+    "device": (lambda v: isinstance(v, str), "text"),
+    "node": (lambda v: isinstance(v, str), "text"),
 }
 REQUIRED = ("number", "arch", "id", "status", "reason", "objectives")
 
@@ -111,6 +113,8 @@ class TrialRecord:
     inherited: int = 0  # tensors it started from the parent's trained weights (--inherit)
     rung: int | None = None  # the highest rung it reached (1 = the first; the ladder's length: the full budget); None without rungs
     rung_scores: tuple[float, ...] = ()  # its score (val metric of a cooled-down copy) at each intermediate rung it reached
+    device: str = ""  # where it trained ("cpu", "cuda:0 <name>"); "" if it never started (or a record from before)
+    node: str = ""  # the id of the Ray node it ran on; "" inline
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

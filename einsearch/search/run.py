@@ -70,12 +70,19 @@ class Job:
         return cls(data["number"], parse(data["arch"]), data["task"], TrainConfig.from_dict(data["train"]))
 
 
-def evaluate(job: Job | dict[str, Any], callback=None, state_path: str | None = None) -> dict[str, Any]:
+def evaluate(job: Job | dict[str, Any], callback=None, state_path: str | None = None, ray_worker: bool = False) -> dict[str, Any]:
     """Train one job's candidate and return its `TrainResult` as a dict (in this process, or in a
     worker given the job's `to_dict`). `callback(step, val_metrics)` sees the scores at the job's
-    rungs (and any ``eval_every`` evaluation) and may stop it; `state_path`: see `TrainConfig.state_path`."""
+    rungs (and any ``eval_every`` evaluation) and may stop it; `state_path`: see `TrainConfig.state_path`.
+    In a Ray worker (`ray_worker`), device auto is cuda exactly when Ray gave this worker a GPU
+    (Ray 2.60 no longer hides the GPUs from a worker that asked for none, so torch's own view
+    would put every trial on a GPU nobody reserved); elsewhere the trainer resolves it."""
     job = Job.from_dict(job) if isinstance(job, dict) else job
     config = job.train if state_path is None else replace(job.train, state_path=state_path)
+    if ray_worker and config.device == "auto":
+        import ray
+
+        config = replace(config, device="cuda" if ray.get_gpu_ids() else "cpu")
     return train_limited(job.arch, job.task, config, callback=callback).to_dict()  # killed in a long step
 
 
@@ -279,9 +286,10 @@ class Search:
         return None if reason is None else (reason, cost)
 
     # ------------------------------------------------------------------ finishing
-    def finish(self, job: Job, outcome: dict[str, Any] | None, error: str | None = None) -> TrialRecord:
+    def finish(self, job: Job, outcome: dict[str, Any] | None, error: str | None = None, node: str = "") -> TrialRecord:
         """Record a job's outcome: a TrainResult dict, or None with `error` (a crashed worker,
-        or a trial the scheduler stopped before it reported a final result)."""
+        or a trial the scheduler stopped before it reported a final result); `node`: the Ray
+        node it ran on."""
         _, trial = self.running.pop(job.number)
         self.reached.pop(job.number, None)
         arch = job.arch
@@ -290,7 +298,7 @@ class Search:
             self._close_pruning(job.number, status, None)
             rung = None if len(self.ladder) == 1 else 0
             origin = trial.user_attrs.get("origin", "")
-            return self._record(trial, arch, origin, status=status, reason=error, started=job.started, rung=rung)
+            return self._record(trial, arch, origin, status=status, reason=error, started=job.started, rung=rung, node=node)
         result = TrainResult.from_dict(outcome)
         status = "stopped" if result.reason == "stopped" else result.status
         self._close_pruning(job.number, status, result.metrics.get(f"val/{self.task.metric}"))
@@ -310,6 +318,8 @@ class Search:
             inherited=result.inherited,
             rung=None if len(self.ladder) == 1 else len(scores) + (status == "ok"),
             rung_scores=scores,
+            device=result.device,
+            node=node,
         )
 
     def _objectives(self, metrics: dict[str, float], costs: dict[str, Any]) -> tuple[float, ...] | None:
@@ -335,6 +345,8 @@ class Search:
         inherited: int = 0,
         rung: int | None = None,
         rung_scores: tuple[float, ...] = (),
+        device: str = "",
+        node: str = "",
     ) -> TrialRecord:
         if reused is not None:
             status, reason, metrics, costs = reused.status, reused.reason, reused.metrics, reused.costs
@@ -361,6 +373,8 @@ class Search:
             inherited=inherited,
             rung=rung,
             rung_scores=rung_scores,
+            device=device,
+            node=node,
         )
         for key, value in (("arch", record.arch), ("id", record.id), ("status", status), ("reason", reason),
                            ("detail", detail), ("metrics", json.dumps(metrics)), ("costs", json.dumps(costs)),

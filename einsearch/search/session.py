@@ -14,6 +14,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
+from einsearch.search.cluster import check_devices
 from einsearch.search.config import Execution, RunConfig
 from einsearch.search.execute import run_inline, run_ray
 from einsearch.search.finalists import FinalRecord, Summary, run_finalists
@@ -122,6 +123,7 @@ def final(folder: RunFolder, k: int | None = None, n: int | None = None, live: b
     not repeated.  A Ray cluster is joined only through RAY_ADDRESS, never an address in config.json."""
     config = RunConfig.from_dict(folder.read_config()).replace(address=None)
     folder.check_writable(journal=False)
+    check_devices(config, probe=False)
     changes = {key: v for key, v in (("finalists", k), ("final_seeds", n)) if v is not None}
     if changes:
         config = config.replace(**changes)
@@ -147,8 +149,11 @@ def resume(
 ) -> Outcome:
     """Continue a run where it stopped, optionally to a larger trial count, wherever its folder
     is now.  Where it executes comes from `execution` (the command line), never from the folder
-    (see `Execution`); `say` gets one line saying what it will use."""
+    (see `Execution`); `say` gets one line saying what it will use.  The device, precision and
+    per-trial resources are the run's own, from its config.json, checked here before anything is
+    written (`check_devices`)."""
     config = resumed_config(folder, trials, execution)
+    check_devices(config, probe=False)  # a cluster's nodes are checked when the run joins it
     search = Search(config, folder)
     folder.write_config(config.to_dict())
     say(execution_line(config, folder))

@@ -33,6 +33,64 @@ def test_strategies_run_on_ray(ray_local, tmp_path, strategy, monkeypatch):
     assert (tmp_path / "run" / "best" / "weights.safetensors").exists()  # the workers' weights came back
 
 
+def test_trials_and_final_trainings_ask_ray_for_the_runs_resources(tmp_path, monkeypatch):
+    """What `tune.with_resources` and the finalists' `ray.remote` are given, without running Ray."""
+    from ray import tune
+
+    from einsearch.search import execute
+    from einsearch.search.finalists import task_options
+    from einsearch.search.run import Search
+
+    passed = {}
+
+    def with_resources(trainable, resources):
+        passed["resources"] = resources
+        return trainable
+
+    class Tuner:  # records what it is given and trains nothing
+        def __init__(self, trainable, **kwargs):
+            passed["trainable"] = trainable
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(tune, "with_resources", with_resources)
+    monkeypatch.setattr(tune, "Tuner", Tuner)
+    config = tiny_config(executor="ray", device="cuda", cpus_per_trial=2.0, gpus_per_trial=0.5, resources_per_trial=(("gpu_stand_in", 1.0),))
+    search = Search(config, RunFolder(tmp_path / "run"))
+    search.folder.create(config.to_dict())
+    search.attach()
+    execute._tune(search, lambda: None)
+    assert passed["trainable"] is execute._trainable
+    assert passed["resources"].bundles == [{"CPU": 2.0, "GPU": 0.5, "gpu_stand_in": 1.0}]
+    assert task_options(config) == {"num_cpus": 2.0, "num_gpus": 0.5, "resources": {"gpu_stand_in": 1.0}}
+    assert task_options(tiny_config()) == {"num_cpus": 1.0, "num_gpus": 0, "resources": {}}  # as before these options
+
+
+def test_a_run_asking_for_what_no_node_offers_is_one_line_and_creates_nothing(tmp_path, monkeypatch):
+    """The nodes as `check_address`'s probe reports them (the loopback test checks the probe)."""
+    from typer.testing import CliRunner
+
+    from einsearch.cli import app
+    from einsearch.search import cluster
+
+    nodes = ({"id": "a", "resources": {"CPU": 1.0, "node:127.0.0.1": 1.0}}, {"id": "b", "resources": {"CPU": 2.0, "gpu_stand_in": 1.0}})
+    monkeypatch.setattr(cluster, "check_address", lambda address: nodes)
+    args = ["run", "--address", "127.0.0.1:1", "--output", str(tmp_path / "run"), "--task", TINY_TASK, "--space", TINY_SPACE]
+    for extra, refused in [(["--resources-per-trial", '{"gpu_stand_in": 2}'], True), (["--cpus-per-trial", "3"], True),
+                           (["--device", "cuda", "--gpus-per-trial", "1"], True), (["--resources-per-trial", '{"gpu_stand_in": 1}'], False)]:  # fmt: skip
+        if not refused:  # offered: the run would start; stop it there
+            monkeypatch.setattr("einsearch.search.start", lambda *a, **k: (_ for _ in ()).throw(FileExistsError("stop here")))
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        if refused:
+            assert "no node of the Ray cluster at 127.0.0.1:1 offers what a trial asks for" in result.stderr, result.stderr
+            assert "its nodes offer: CPU 1; CPU 2, gpu_stand_in 1" in result.stderr  # Ray's bookkeeping (node:<ip>) left out
+        else:
+            assert "stop here" in result.stderr
+        assert not (tmp_path / "run").exists()
+
+
 def test_asha_stops_or_finishes_every_trial(ray_local, tmp_path):
     config = tiny_config(strategy="random", executor="ray", trials=4, scheduler="asha", rungs=2, eta=2, trial_budget="8steps")
     outcome = start(config, RunFolder(tmp_path / "run"), live=False)
@@ -96,28 +154,41 @@ def test_a_killed_worker_is_retried_and_the_search_finishes(ray_local, tmp_path)
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the ray command line is not installed")
 def test_two_node_cluster_on_loopback(tmp_path):
     """`ray start --head` plus a second node with its own resources, all with one token (as the
-    README says); the CLI joins with --address and that token, and is refused with another."""
+    README says); the CLI joins with --address and that token, and is refused with another.
+    Only the second node offers the custom resource ``gpu_stand_in`` (standing in for a GPU, so
+    scheduling by resources is tested without one); the run's trials ask for half of it each
+    (as --gpus-per-trial 0.5 asks for half a GPU), and every trial ran on that node."""
+    from einsearch.search.cluster import _probe
+
     port = 6400 + os.getpid() % 500
+    address = f"127.0.0.1:{port}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
     temp = tempfile.mkdtemp(prefix="einsearch-test-")
     head = ["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}"]
     subprocess.run(head, check=True, env=env, capture_output=True)
     try:
-        worker = ["ray", "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--resources={\"second_node\": 1}"]
+        worker = ["ray", "start", f"--address={address}", "--num-cpus=2", '--resources={"gpu_stand_in": 1}']
         subprocess.run(worker, check=True, env=env, capture_output=True)
         run = [
-            sys.executable, "-m", "einsearch.cli", "run", "--address", f"127.0.0.1:{port}", "--task", TINY_TASK,
+            sys.executable, "-m", "einsearch.cli", "run", "--address", address, "--task", TINY_TASK,
             "--space", TINY_SPACE, "--strategy", "random", "--trials", "3", "--trial-budget", "3steps", "--scheduler", "fifo",
             "--workers", "2", "--d-model", "16", "--layers", "1", "--output",
         ]  # fmt: skip
         refused = subprocess.run([*run, str(tmp_path / "other")], env={**env, "RAY_AUTH_TOKEN": "0" * 32}, capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and "refused the Ray token" in refused.stderr, refused.stdout + refused.stderr
         assert not (tmp_path / "other").exists()
-        done = subprocess.run([*run, str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run([*run, str(tmp_path / "run"), "--resources-per-trial", '{"gpu_stand_in": 0.5}'], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-        assert len(RunFolder(tmp_path / "run").trials()) == 3
-        status = subprocess.run(["ray", "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True)
-        assert "second_node" in status.stdout  # the second node really was part of the cluster
+        records = RunFolder(tmp_path / "run").trials()
+        assert len(records) == 3
+
+        failure, nodes = _probe(address, 60.0, env=env)  # the probe `einsearch run` joins with: live nodes, their resources
+        assert failure is None and len(nodes) == 2
+        (stand_in,) = [node["id"] for node in nodes if "gpu_stand_in" in node["resources"]]
+        trained = [r for r in records if r.reused_from is None]
+        assert trained and all(r.node == stand_in for r in trained), [(r.number, r.node) for r in records]
+        assert all(r.device == "cpu" for r in trained if r.status == "ok")  # auto: Ray gave these trials no GPU
     finally:
         _stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)

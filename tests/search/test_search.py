@@ -267,3 +267,63 @@ def test_a_run_without_a_trial_budget_takes_the_tasks_search_budget(tmp_path):
     assert RunFolder(tmp_path / "run").read_config()["trial_budget"] == "600steps"
     (record,) = RunFolder(tmp_path / "run").trials()
     assert record.status == "ok" and record.steps == 600
+
+
+def test_a_jobs_device_and_precision_reach_the_trainer_and_a_ray_worker_resolves_auto(tmp_path, monkeypatch):
+    """The run's device and precision travel with each job (as plain data) to the trainer; in a
+    Ray worker, auto is cuda exactly when Ray gave the worker a GPU (not whatever torch sees)."""
+    import ray
+
+    from einsearch.search import run as driver
+    from einsearch.search.run import Job, Search, evaluate
+    from einsearch.train import TrainResult
+
+    given = []
+
+    def trainer(arch, task, config, callback=None):
+        given.append(config)
+        return TrainResult(status="failed", reason="error", metrics={}, costs=None, steps=0, seconds=0.0, task=task, arch=arch.text)
+
+    monkeypatch.setattr(driver, "train_limited", trainer)
+    search = Search(tiny_config(device="cuda", precision="bf16", cpus_per_trial=2), RunFolder(tmp_path / "run"))
+    search.folder.create(search.config.to_dict())
+    search.attach()
+    job = search.next_job()
+    evaluate(job.to_dict())
+    assert (given[-1].device, given[-1].precision, given[-1].threads) == ("cuda", "bf16", 2)  # 2 CPUs: 2 threads
+
+    auto = Job(0, job.arch, job.task, tiny_config().training()).to_dict()
+    for gpus, device in (([], "cpu"), ([0], "cuda")):
+        monkeypatch.setattr(ray, "get_gpu_ids", lambda gpus=gpus: gpus)
+        evaluate(auto, ray_worker=True)
+        assert given[-1].device == device
+    evaluate(auto)  # outside Ray the trainer resolves auto itself
+    assert given[-1].device == "auto"
+
+
+def test_a_resumed_run_takes_its_device_and_resources_from_config_json(tmp_path):
+    from einsearch.search import Execution, RunConfig
+    from einsearch.search.session import resumed_config
+
+    config = tiny_config(executor="ray", device="auto", cpus_per_trial=2.0, gpus_per_trial=0.5, resources_per_trial=(("gpu_stand_in", 1.0),))
+    folder = RunFolder(tmp_path / "run")
+    folder.create(config.to_dict())
+    assert folder.read_config()["resources_per_trial"] == {"gpu_stand_in": 1.0}  # config.json keeps an object
+    resumed = resumed_config(folder, None, Execution())
+    assert (resumed.cpus_per_trial, resumed.gpus_per_trial, resumed.resources_per_trial) == (2.0, 0.5, (("gpu_stand_in", 1.0),))
+    assert resumed.trial_resources == {"CPU": 2.0, "GPU": 0.5, "gpu_stand_in": 1.0}
+    old = {k: v for k, v in config.to_dict().items() if k not in ("device", "precision", "cpus_per_trial", "gpus_per_trial", "resources_per_trial")}
+    assert RunConfig.from_dict(old).trial_resources == {"CPU": 1.0}  # a run from before these options: as it ran then
+
+
+def test_per_trial_resources_follow_rays_rules():
+    for changes, message in [
+        (dict(gpus_per_trial=1.5), "Ray takes a fraction only below 1"),
+        (dict(cpus_per_trial=0), "cpus per trial must be positive"),
+        (dict(resources_per_trial=(("GPU", 1),)), "not a custom resource name"),
+        (dict(resources_per_trial=(("gpu_stand_in", 0),)), "needs a positive amount"),
+        (dict(executor="ray", precision="bf16"), "precision bf16 on Ray needs --gpus-per-trial"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            tiny_config(**changes)
+    assert tiny_config(executor="ray", device="cuda", gpus_per_trial=0.25).trial_resources == {"CPU": 1.0, "GPU": 0.25}
