@@ -1,7 +1,7 @@
 """Triton kernels against their PyTorch references (and flash-linear-attention where it has the op).
 
     python benchmarks/kernels.py [--ops gla,gla_head,linear,delta,gated_delta,scan,aaren,lstm,gru]
-                                 [--lengths 1024,4096,16384] [--dtype bfloat16|float32]
+                                 [--lengths 1024,4096,16384] [--dtype bfloat16|float32] [--seconds 1.0]
 
 For every op and sequence length T it times, in the same run, the forward pass (no autograd) and
 the forward plus backward pass of: the PyTorch chunked form the kernel replaces (the step loop
@@ -11,7 +11,8 @@ chunk_linear_attn without normalisation; delta rule: chunk_delta_rule; gated del
 chunk_gated_delta_rule).  It prints the median milliseconds and the ratios torch / triton
 (> 1: the kernel is faster) and triton / fla (< 1.5 is the target).  Shapes: batch 4, 4 heads of
 64 for the matrix memories and Aaren; 256 channels with state 16 for the diagonal scan; 32
-sequences, 4 heads of 32 for lstm/gru.
+sequences, 4 heads of 32 for lstm/gru.  Each median is taken within about ``--seconds`` (at least
+3 timings after a warm-up; benchmarks/gpu_check.sh uses 0.2 to fit its 10 minutes).
 
 Kernels need a CUDA GPU: on a machine without one (or with TRITON_INTERPRET=1, Triton's CPU
 interpreter, which is for tests) the script says so and exits with status 0.
@@ -222,11 +223,11 @@ def runner(fn: Callable, inputs: dict, backward: bool) -> Callable[[], None]:
     return forward_backward
 
 
-def measure(fn: Callable | None, inputs: dict, backward: bool) -> float | None:
+def measure(fn: Callable | None, inputs: dict, backward: bool, seconds: float = 1.0) -> float | None:
     if fn is None:
         return None
     try:
-        return median_ms(runner(fn, inputs, backward))
+        return median_ms(runner(fn, inputs, backward), budget_s=seconds)
     except Exception as error:  # a missing op or an API change in fla must not stop the table
         print(f"    ({getattr(fn, '__name__', fn)} failed: {type(error).__name__}: {str(error)[:120]})")
         return None
@@ -245,6 +246,7 @@ def main() -> int:
     parser.add_argument("--ops", default="gla,gla_head,linear,delta,gated_delta,scan,aaren,lstm,gru")
     parser.add_argument("--lengths", default="1024,4096,16384")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--seconds", type=float, default=1.0, help="about how long each median may take")
     args = parser.parse_args()
 
     reason = gpu_unavailable_reason()
@@ -269,12 +271,12 @@ def main() -> int:
             inputs = case.make_inputs(T, dtype)
             fla_inputs = to_fla_layout(inputs) if case.fla_fn is not None else {}
             for backward in (False, True):
-                reference = measure(case.torch_fn, inputs, backward)
+                reference = measure(case.torch_fn, inputs, backward, args.seconds)
                 if reference is None and dtype != torch.float32:  # e.g. solve_triangular has no bfloat16
                     print("    (the PyTorch form is timed in float32 instead)")
-                    reference = measure(case.torch_fn, as_float32(inputs), backward)
-                kernel = measure(case.triton_fn, inputs, backward)
-                fla = measure(case.fla_fn, fla_inputs, backward)
+                    reference = measure(case.torch_fn, as_float32(inputs), backward, args.seconds)
+                kernel = measure(case.triton_fn, inputs, backward, args.seconds)
+                fla = measure(case.fla_fn, fla_inputs, backward, args.seconds)
                 speedup = reference / kernel if reference and kernel else None
                 versus_fla = kernel / fla if kernel and fla else None
                 label = "fwd+bwd" if backward else "fwd"
