@@ -21,6 +21,7 @@ from einsearch.primitives.base import BuildError
 from einsearch.report import cost_cells, cost_rows, lengths_table
 from einsearch.search.config import RunConfig
 from einsearch.settings import help_of
+from einsearch.tasks import DEFAULT_TASK
 from einsearch.train import TrainConfig
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ def space_stats_command(
 @app.command("train")
 def train_command(
     arch: Annotated[str, typer.Argument(help="Architecture text or a seed name.")],
-    task: Annotated[str, typer.Option(help="Task with options, e.g. mqar:vocab=256,seq_len=64,pairs=8 (see `einsearch tasks`).")] = "mqar",
+    task: Annotated[str, typer.Option(help="Task with options, e.g. mqar:vocab=256,seq_len=64,pairs=8 (see `einsearch tasks`).")] = DEFAULT_TASK,
     budget: Annotated[str | None, typer.Option(help=help_of(TrainConfig, "budget"))] = None,
     d_model: Annotated[int, typer.Option(help=help_of(TrainConfig, "d_model"), min=1)] = TrainConfig.d_model,
     layers: Annotated[int, typer.Option(help=help_of(TrainConfig, "layers"), min=1)] = TrainConfig.layers,
@@ -525,7 +526,7 @@ def inspect_command(
         if is_run:
             loaded = look.load_trial(arch_or_run, rank, the_task)
         else:
-            loaded = look.load_arch(_arch(arch_or_run), the_task or get_task("mqar"), weights, d_model, layers)
+            loaded = look.load_arch(_arch(arch_or_run), the_task or get_task(DEFAULT_TASK), weights, d_model, layers)
         batch = next(iter(loaded.task.data().test.batches(examples)))
         maps = look.capture(loaded.model, loaded.task, batch)
         config = look.ActConfig(alpha=alpha, beta=beta)

@@ -9,6 +9,7 @@ from typing import Any
 
 from einsearch.search.strategies import STRATEGIES
 from einsearch.settings import help_of, setting
+from einsearch.tasks import DEFAULT_TASK
 from einsearch.tasks.base import Budget
 from einsearch.train import TrainConfig
 
@@ -22,7 +23,7 @@ class RunConfig:
     """A search run. The fields the command line offers carry their help text (`setting`): `einsearch
     run` reads each option's default and help from here."""
 
-    task: str = setting("mqar", "Task with options (see `einsearch tasks`).")
+    task: str = setting(DEFAULT_TASK, "Task with options (see `einsearch tasks`).")
     space: str = setting("full", "Search space: a built-in name (see `einsearch space list`) or a space file.")
     strategy: str = setting("evolution", " | ".join(STRATEGIES) + ".")
     seed_archs: tuple[str, ...] = setting((), "Seed name or architecture text to start from (repeatable).")

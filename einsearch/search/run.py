@@ -39,7 +39,7 @@ from einsearch.search.config import RunConfig
 from einsearch.search.record import DamagedRecord, RunFolder, RunFolderError, TrialRecord, leaderboard, shorten
 from einsearch.search.strategies import make_strategy
 from einsearch.tasks import Task, get_task
-from einsearch.tasks.mad import MAD
+from einsearch.tasks.base import Suite
 from einsearch.limits import train_limited
 from einsearch.train import TrainConfig, TrainResult
 
@@ -106,7 +106,7 @@ class Search:
         self.clock_start = time.monotonic()
         self._best_written: int | None = None  # the trial whose files are in best/
         # a suite (mad) trains its members one after another: no score at a rung, no rungs
-        self.ladder = config.ladder if not isinstance(self.task, MAD) else config.ladder[-1:]
+        self.ladder = config.ladder if not isinstance(self.task, Suite) else config.ladder[-1:]
         self.reached: dict[int, int] = {}  # running trial -> rungs it has passed (progress view)
         self.pruning: dict[int, optuna.Trial] = {}  # running trial -> its trial in the rung study (inline)
         self.rung_study: optuna.Study | None = None  # successive halving's bookkeeping (inline)

@@ -7,6 +7,6 @@ default budget (see `einsearch.tasks.base`).  Address one by text with `get_task
 """
 
 from einsearch.tasks.base import Budget, Examples, Splits, Task, TaskError
-from einsearch.tasks.registry import TASKS, describe_tasks, get_task
+from einsearch.tasks.registry import DEFAULT_TASK, TASKS, describe_tasks, get_task
 
-__all__ = ["TASKS", "Budget", "Examples", "Splits", "Task", "TaskError", "describe_tasks", "get_task"]
+__all__ = ["DEFAULT_TASK", "TASKS", "Budget", "Examples", "Splits", "Task", "TaskError", "describe_tasks", "get_task"]

@@ -41,6 +41,7 @@ TASKS: dict[str, type[Task]] = {
         Sort, Hull,
     )
 }  # fmt: skip
+DEFAULT_TASK = "mqar"  # what `einsearch run`, `train` and `inspect` use when no --task is given
 
 
 def _convert(task: str, option: str, text: str, default: Any) -> Any:
