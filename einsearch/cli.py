@@ -199,7 +199,7 @@ def train_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     max_memory: MaxMemoryOption = None,
     time_limit: Annotated[float | None, typer.Option(help=help_of(TrainConfig, "time_limit"), min=0)] = None,
-    eval_lengths: Annotated[str | None, typer.Option(help="After training, also test at these multiples of the task's length, e.g. 1,2,4,8 (tasks with a length option: mqar, passkey, lm).")] = None,
+    eval_lengths: Annotated[str | None, typer.Option(help=help_of(TrainConfig, "eval_lengths"))] = None,
     plot: Annotated[str | None, typer.Option(help="With --eval-lengths: write the test metric against length here (PNG).")] = None,
 ) -> None:
     """Train one architecture on one task within a budget; print its metrics and costs.
@@ -288,16 +288,14 @@ def _check_plot(path: str, factors: tuple[int, ...]) -> None:
 def _check_lengths(task: Task, factors: tuple[int, ...]) -> None:
     """Exit 2 now, before training, if `task` cannot be tested at one of `factors` × its length."""
     from einsearch.tasks import TaskError
-    from einsearch.tasks.registry import TASKS
-    from einsearch.train import length_task
+    from einsearch.train import LENGTH_TASKS, length_task
 
     for factor in factors:
         try:
             length_task(task, factor)
         except TaskError as e:
             if task.length_option is None:
-                with_length = ", ".join(name for name, cls in TASKS.items() if cls.length_option is not None)
-                fail(f"--eval-lengths: {e} (tasks with a length option: {with_length})")
+                fail(f"--eval-lengths: {e} (tasks with a length option: {', '.join(LENGTH_TASKS)})")
             fail(f"--eval-lengths {factor}: {e}")
 
 
@@ -342,6 +340,7 @@ def run_command(
     max_memory: MaxMemoryOption = None,
     finalists: Annotated[int, typer.Option(help=help_of(RunConfig, "finalists"), min=0)] = RunConfig.finalists,
     final_seeds: Annotated[int, typer.Option(help=help_of(RunConfig, "final_seeds"), min=2)] = RunConfig.final_seeds,
+    eval_lengths: Annotated[str | None, typer.Option(help=help_of(RunConfig, "eval_lengths"))] = None,
     inherit: Annotated[bool, typer.Option("--inherit", help=help_of(RunConfig, "inherit"))] = RunConfig.inherit,
     d_model: Annotated[int, typer.Option(help=help_of(RunConfig, "d_model"), min=1)] = RunConfig.d_model,
     layers: Annotated[int, typer.Option(help=help_of(RunConfig, "layers"), min=1)] = RunConfig.layers,
@@ -369,6 +368,8 @@ def run_command(
             execution = Execution(executor=executor, workers=workers, address=address, storage=storage)
             outcome = resume_run(RunFolder(resume), trials=trials, execution=execution)
         else:
+            factors = _factors(eval_lengths) if eval_lengths is not None else ()
+            _check_lengths(get_task(task), factors)  # before the run folder exists, as `train` checks them
             config = RunConfig(
                 task=task, space=space, strategy=strategy, seed_archs=tuple(seed_arch or ()),
                 trials=trials or RunConfig.trials,
@@ -380,7 +381,7 @@ def run_command(
                 max_memory=None if max_memory is None else _ceiling(max_memory),
                 seed=seed, storage=storage, finalists=finalists, final_seeds=final_seeds, inherit=inherit,
                 device=device, precision=precision, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                resources_per_trial=parse_resources(resources_per_trial) if resources_per_trial else (),
+                resources_per_trial=parse_resources(resources_per_trial) if resources_per_trial else (), eval_lengths=factors,
             )  # fmt: skip
             check_executor(config.executor, config.address)  # a bad --address fails here, before the run folder exists
             check_devices(config)  # and so does a device or resource that no machine offers
@@ -440,8 +441,9 @@ def report_command(
     run: Annotated[str, typer.Argument(help="A run folder.")],
     top: Annotated[int, typer.Option(help="Rows of the leaderboard.", min=1)] = 10,
 ) -> None:
-    """Print a run's leaderboard, its finalists and verdict, and write its plots (PNG) into the run folder."""
-    from einsearch.report import leaderboard, leaderboard_table, run_lines, write_plots
+    """Print a run's leaderboard, its finalists and verdict, and write its plots (PNG) into the run
+    folder; with --eval-lengths, also the test metric against length (lengths.png and a table)."""
+    from einsearch.report import leaderboard, leaderboard_table, run_lines, write_length_report, write_plots
     from einsearch.search import RunFolder
     from einsearch.search.finalists import read_summary
     from einsearch.tasks import get_task
@@ -458,7 +460,12 @@ def report_command(
     title = f"{run}: {len(records)} trials, {len(board)} scored (val/{task.metric})"
     _print([leaderboard_table(title, board, f"val/{task.metric}", ladder, top), *run_lines(records, board, ladder, top)])
     _print_finalists(read_summary(folder), run)
-    for path in write_plots(folder, records, f"val/{task.metric}", maximize=task.mode == "max"):
+    paths = write_plots(folder, records, f"val/{task.metric}", maximize=task.mode == "max")
+    lengths = write_length_report(folder, records, task.metric, maximize=task.mode == "max")  # a run with --eval-lengths
+    if lengths is not None:
+        console.print(lengths[0])
+        paths.append(lengths[1])
+    for path in paths:
         typer.echo(f"wrote {path}")
 
 

@@ -1,6 +1,7 @@
 """Tables and plots of a run folder: leaderboard, best-so-far curves, cost scatter with the
 Pareto front, which primitives the best candidates use, and the finalists' table and verdict;
-and the curve of a trained model's test metric against length (`einsearch train --eval-lengths`)."""
+and the curve of a trained model's test metric against length (`einsearch train --eval-lengths`,
+and a run's with `einsearch run --eval-lengths`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from einsearch.grammar import parse
 from einsearch.messages import clip
-from einsearch.search.finalists import Standing, Summary, verdict
+from einsearch.search.finalists import FinalRecord, Standing, Summary, read_records, verdict
 from einsearch.search.record import Leader, RunFolder, TrialRecord, leaderboard, scored
 from einsearch.train import TrainResult
 
@@ -182,6 +183,80 @@ def lengths_table(result: TrainResult) -> Table:
         value = f"{row[metric]:.4f}" if metric in row else f"failed ({row['reason']}): {clip(row['detail'], 60, quote=False)}"
         table.add_row(f"×{row['factor']}", f"{row['tokens']:,}", value)
     return table
+
+
+def length_curves(
+    records: list[TrialRecord], finals: list[FinalRecord], metric: str, maximize: bool, top: int = 5
+) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """A run's test `metric` against length (`RunConfig.eval_lengths`), one curve per
+    architecture: the finalists' and comparison seeds' (each length's mean over the training
+    seeds that have it) where the final recorded length rows, else the `top` trials of the
+    leaderboard that have them (trained to the full budget).  Returns what the curves are and
+    the curves (label -> rows of factor, tokens, the metric's mean, ``n`` and ``failed``, and a
+    ``reason`` where every training failed at that length); no curves when nothing was tested."""
+    groups: dict[str, list[tuple[dict[str, Any], ...]]] = {}
+    if any(f.lengths for f in finals):
+        what = "the finalists and seeds, mean over training seeds"
+        for final in sorted((f for f in finals if f.lengths), key=lambda f: f.role != "candidate"):  # stable: candidates first
+            groups.setdefault(clip(final.entrant.label, 40, quote=False), []).append(final.lengths)
+    else:
+        what = "the best trials trained to the full budget"
+        for leader in leaderboard(records, maximize):
+            if leader.record.lengths and len(groups) < top:
+                groups[f"trial {leader.record.number}"] = [leader.record.lengths]
+    return what, {label: _mean_rows(runs, metric) for label, runs in groups.items()}
+
+
+def _mean_rows(runs: list[tuple[dict[str, Any], ...]], metric: str) -> list[dict[str, Any]]:
+    """Length rows of several trainings of one architecture, one row per factor: the mean of the
+    metric where it was measured, how many measured it and how many failed (and the first reason)."""
+    by_factor: dict[int, list[dict[str, Any]]] = {}
+    for rows in runs:
+        for row in rows:
+            by_factor.setdefault(row["factor"], []).append(row)
+    out = []
+    for factor, rows in sorted(by_factor.items()):
+        values = [row[metric] for row in rows if isinstance(row.get(metric), (int, float)) and row[metric] == row[metric]]
+        mean: dict[str, Any] = {"factor": factor, "tokens": rows[0]["tokens"], "n": len(values), "failed": len(rows) - len(values)}
+        if values:
+            mean[metric] = sum(values) / len(values)
+        else:
+            mean["reason"] = next((row.get("reason") for row in rows if row.get("reason")), "nan")
+        out.append(mean)
+    return out
+
+
+def length_curves_table(title: str, curves: dict[str, list[dict[str, Any]]], metric: str) -> Table:
+    """One row per curve, one column per factor of the length (its tokens below): the metric, or
+    why that length failed."""
+    columns = sorted({(row["factor"], row["tokens"]) for rows in curves.values() for row in rows})
+    table = Table(title=title, box=None, min_width=len(title))  # the title on one line
+    table.add_column("arch", overflow="ellipsis", no_wrap=True, max_width=24)
+    for factor, tokens in columns:
+        table.add_column(f"×{factor} ({tokens:,})", justify="right")
+    for label, rows in curves.items():
+        cells = {row["factor"]: row for row in rows}
+        table.add_row(label, *(_length_cell(cells.get(factor), metric) for factor, _ in columns))
+    return table
+
+
+def _length_cell(row: dict[str, Any] | None, metric: str) -> str:
+    if row is None:
+        return "—"
+    if metric not in row:
+        return f"failed ({row['reason']})"
+    return f"{row[metric]:.4f}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+
+
+def write_length_report(folder: RunFolder, records: list[TrialRecord], metric: str, maximize: bool) -> tuple[Table, Path] | None:
+    """`einsearch report` on a run with `--eval-lengths`: lengths.png in the run folder (test
+    `metric` against length, `length_curves`) and its table; None when the run has no length rows."""
+    what, curves = length_curves(records, read_records(folder), metric, maximize)
+    if not curves:
+        return None
+    trained = next((r.costs["seq_len"] for r in records if "seq_len" in r.costs), None)
+    path = length_plot(curves, metric, folder.path / "lengths.png", trained=trained)
+    return length_curves_table(f"test {metric} against length ({what})", curves, metric), path
 
 
 def _save(fig, path: Path) -> Path:

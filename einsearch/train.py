@@ -100,7 +100,7 @@ from einsearch.grammar.seeds import resolve
 from einsearch.inherit import inherit
 from einsearch.settings import setting
 from einsearch.tasks.base import Budget, Suite, Task
-from einsearch.tasks.registry import get_task
+from einsearch.tasks.registry import TASKS, get_task
 
 __all__ = ["Budget", "StepInfo", "TrainConfig", "TrainResult", "train"]
 
@@ -110,6 +110,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 BF16_ON_CPU = "precision bf16 needs a CUDA device (bfloat16 autocast runs on CUDA only); on the CPU use fp32"
 STEPS_TIME_LIMIT = 3600.0  # the default safety limit of a budget in steps
+LENGTH_TASKS = tuple(name for name, cls in TASKS.items() if cls.length_option is not None)  # those `eval_lengths` applies to
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class TrainConfig:
     init_arch: str | None = None  # ... those of this architecture (see `einsearch.inherit`)
     max_memory: int | None = setting(None, "Memory a candidate may need, estimated before it is built, e.g. 4GB (default: half "
                                            "the machine's).")  # in bytes here  # fmt: skip
-    eval_lengths: tuple[int, ...] = ()  # after training, test at these multiples of the task's length (see the module doc)
+    eval_lengths: tuple[int, ...] = setting((), "After training, also test at these multiples of the task's length, e.g. 1,2,4,8 "
+                                                f"(tasks with a length option: {', '.join(LENGTH_TASKS)}).")  # see the module doc
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

@@ -66,6 +66,12 @@ class RunConfig:
     # with `final_seeds` training seeds, at the full trial budget
     finalists: int = setting(3, "At the end, retrain the top K and the comparison seeds (0: skip).")
     final_seeds: int = setting(3, "Training seeds per finalist and comparison seed.")
+    # evaluated only on fully trained weights: a trial the scheduler stops at a lower rung returns
+    # before the trainer's final evaluation, so it never pays for the longer lengths
+    eval_lengths: tuple[int, ...] = setting((), help_of(TrainConfig, "eval_lengths") + " Tested: the trials that train to the "
+                                                "full budget (not those stopped at a lower rung) and every finalist training; "
+                                                "trials.jsonl and finalists.jsonl keep the rows, `einsearch report` plots "
+                                                "them (lengths.png).")  # fmt: skip
     study: str | None = None  # the Optuna study's name, fixed when the run starts: the run's identity, not its folder's path
 
     def __post_init__(self) -> None:
@@ -113,6 +119,10 @@ class RunConfig:
             problems.append(f"rungs must be at least 1, got {self.rungs}")
         if self.eta < 2:
             problems.append(f"eta (the reduction factor) must be at least 2, got {self.eta}")
+        try:
+            TrainConfig(eval_lengths=self.eval_lengths)
+        except ValueError as e:
+            problems.append(str(e))
         problems += self._device_problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -180,12 +190,14 @@ class RunConfig:
 
     def training(self, **changes: Any) -> TrainConfig:
         """How a candidate of this run trains, in the search and in the final: the run's model
-        size, full trial budget, safety limits, seed and evaluation interval; `changes` set the
-        rest (where the weights go, rungs, the parent's weights) or override these."""
+        size, full trial budget, safety limits, seed, evaluation interval and lengths to test at
+        (after the full budget only); `changes` set the rest (where the weights go, rungs, the
+        parent's weights) or override these."""
         return TrainConfig(**{
             "d_model": self.d_model, "layers": self.layers, "budget": Budget.parse(self.trial_budget), "seed": self.seed,
             "time_limit": self.candidate_time_limit, "max_memory": self.max_memory, "eval_every": self.eval_interval,
             "device": self.device, "precision": self.precision, "threads": max(1, int(self.cpus_per_trial)),
+            "eval_lengths": self.eval_lengths,
             **changes,
         })  # fmt: skip
 
@@ -196,7 +208,7 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
-        for key in ("seed_archs", "objectives"):
+        for key in ("seed_archs", "objectives", "eval_lengths"):
             if key in data:
                 data[key] = tuple(data[key])
         if "resources_per_trial" in data:

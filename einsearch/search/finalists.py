@@ -176,6 +176,7 @@ class FinalRecord:
     steps: int = 0
     seconds: float = 0.0
     detail: str = ""
+    lengths: tuple[dict[str, Any], ...] = ()  # with `RunConfig.eval_lengths`: `TrainResult.lengths`
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -205,8 +206,9 @@ def read_records(folder: RunFolder) -> list[FinalRecord]:
     records = []
     for line in path.read_text().splitlines():
         try:
-            records.append(FinalRecord(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
+            data = json.loads(line)
+            records.append(FinalRecord(**{**data, "lengths": tuple(data.get("lengths", ()))}))  # none in a line from before eval_lengths
+        except (json.JSONDecodeError, TypeError, AttributeError):
             continue
     return records
 
@@ -409,7 +411,7 @@ def run_finalists(config: RunConfig, folder: RunFolder, on_record: Callable[[Fin
             arch=entrant.arch, id=entrant.id, role=entrant.role, name=entrant.name, trial=entrant.trial, seed=seed,
             budget=budget, status=outcome.get("status", "failed"), reason=outcome.get("reason"),
             metrics=outcome.get("metrics") or {}, costs=outcome.get("costs") or {}, steps=outcome.get("steps", 0),
-            seconds=outcome.get("seconds", 0.0), detail=outcome.get("detail", ""),
+            seconds=outcome.get("seconds", 0.0), detail=outcome.get("detail", ""), lengths=tuple(outcome.get("lengths") or ()),
         )  # fmt: skip
         append_record(folder, record)
         records.append(record)
@@ -439,7 +441,7 @@ def searched_trainings(the_plan: Plan, trials: list[TrialRecord], config: RunCon
         found.append(FinalRecord(
             arch=entrant.arch, id=entrant.id, role=entrant.role, name=entrant.name, trial=entrant.trial, seed=config.seed,
             budget=budget, status="ok", reason=None, metrics=trial.metrics, costs=trial.costs, steps=trial.steps,
-            seconds=trial.seconds, detail=f"the search's training of trial {trial.number}",
+            seconds=trial.seconds, detail=f"the search's training of trial {trial.number}", lengths=trial.lengths,
         ))  # fmt: skip
     return found
 

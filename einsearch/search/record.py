@@ -7,7 +7,8 @@ writes):
     runs/<name>/study.journal      the Optuna study (unless --storage names another); it decides
                                    which trials finished, and keeps a copy of each trial's record
     runs/<name>/trials.jsonl       one line per finished trial: arch, id, metrics, costs, status,
-                                   reason (a line lost in a crash is restored from the study's copy)
+                                   reason, test metrics at other lengths (`RunConfig.eval_lengths`)
+                                   (a line lost in a crash is restored from the study's copy)
     runs/<name>/weights/<n>.safetensors   trained weights of the best trials (and with --inherit of
                                           evolution's population, the parents of later children)
     runs/<name>/best/              arch.txt, trial.json and weights.safetensors of the current best
@@ -61,6 +62,16 @@ def _named_numbers(v: Any) -> bool:
     return isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items())
 
 
+def _length_rows(v: Any) -> bool:
+    """`TrainResult.lengths`: per factor, its factor and tokens, then test metrics (null where not
+    finite) or a failure's reason and detail."""
+    return isinstance(v, list) and all(
+        isinstance(row, dict) and _whole(row.get("factor")) and row["factor"] >= 1 and _whole(row.get("tokens"))
+        and all(isinstance(k, str) and (x is None or _number(x) or isinstance(x, str)) for k, x in row.items())
+        for row in v
+    )  # fmt: skip
+
+
 # field -> (check, what it must be); a record must have the first six
 FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "number": (lambda v: _whole(v) and v >= 0, "a trial number (a whole number >= 0)"),
@@ -83,6 +94,7 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rung_scores": (_numbers, "a list of numbers"),
     "device": (lambda v: isinstance(v, str), "text"),
     "node": (lambda v: isinstance(v, str), "text"),
+    "lengths": (_length_rows, "a list of rows, each with a factor, tokens and test metrics or a reason"),
 }
 REQUIRED = ("number", "arch", "id", "status", "reason", "objectives")
 
@@ -115,6 +127,9 @@ class TrialRecord:
     rung_scores: tuple[float, ...] = ()  # its score (val metric of a cooled-down copy) at each intermediate rung it reached
     device: str = ""  # where it trained ("cpu", "cuda:0 <name>"); "" if it never started (or a record from before)
     node: str = ""  # the id of the Ray node it ran on; "" inline
+    # with `RunConfig.eval_lengths`, of a trial trained to the full budget: `TrainResult.lengths`
+    # (per factor of the task's length: factor, tokens, test metrics, or why that length failed)
+    lengths: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -148,6 +163,7 @@ class TrialRecord:
         if data["objectives"] is not None:
             data["objectives"] = tuple(data["objectives"])
         data["rung_scores"] = tuple(data.get("rung_scores", ()))
+        data["lengths"] = tuple(data.get("lengths", ()))  # a record from before eval_lengths has none
         return cls(**data)
 
 

@@ -41,7 +41,7 @@ from einsearch.search.strategies import make_strategy
 from einsearch.tasks import Task, get_task
 from einsearch.tasks.base import Suite
 from einsearch.limits import train_limited
-from einsearch.train import TrainConfig, TrainResult
+from einsearch.train import TrainConfig, TrainResult, length_task
 
 # A search gives up when its strategy has made this many proposals per trial asked for (the rest
 # duplicates of trained ones or over a constraint): the space under its limits is used up.
@@ -91,6 +91,8 @@ class Search:
         """Check the configuration (task, space, strategy, seeds) without touching the folder."""
         self.config, self.folder = config, folder
         self.task = get_task(config.task)
+        for factor in config.eval_lengths:  # a task without a length, or too long a one: TaskError now, not in each trial
+            length_task(self.task, factor)
         self.space = load_space(config.space)
         self.maximize = self.task.mode == "max"
         self.seeds = tuple(resolve(text) for text in config.seed_archs)
@@ -320,6 +322,7 @@ class Search:
             rung_scores=scores,
             device=result.device,
             node=node,
+            lengths=result.lengths,
         )
 
     def _objectives(self, metrics: dict[str, float], costs: dict[str, Any]) -> tuple[float, ...] | None:
@@ -347,10 +350,11 @@ class Search:
         rung_scores: tuple[float, ...] = (),
         device: str = "",
         node: str = "",
+        lengths: tuple[dict[str, Any], ...] = (),
     ) -> TrialRecord:
         if reused is not None:
             status, reason, metrics, costs = reused.status, reused.reason, reused.metrics, reused.costs
-            objectives, rung, rung_scores = reused.objectives, reused.rung, reused.rung_scores
+            objectives, rung, rung_scores, lengths = reused.objectives, reused.rung, reused.rung_scores, reused.lengths
         else:
             metrics, costs = metrics or {}, costs or {}
             objectives = self._objectives(metrics, costs) if status in ("ok", "stopped") else None
@@ -375,6 +379,7 @@ class Search:
             rung_scores=rung_scores,
             device=device,
             node=node,
+            lengths=lengths,
         )
         for key, value in (("arch", record.arch), ("id", record.id), ("status", status), ("reason", reason),
                            ("detail", detail), ("metrics", json.dumps(metrics)), ("costs", json.dumps(costs)),

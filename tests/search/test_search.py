@@ -153,6 +153,7 @@ def test_report_writes_plots_and_export_round_trips(tmp_path):
     assert result.exit_code == 0, result.output
     for png in ("best_so_far.png", "cost_scatter.png", "primitives.png"):
         assert (folder.path / png).stat().st_size > 1000
+    assert not (folder.path / "lengths.png").exists() and "against length" not in result.output  # no --eval-lengths: nothing said
 
     target = tmp_path / "exported" / "my_mixer.py"
     target.parent.mkdir()
