@@ -335,7 +335,6 @@ def verdict_line(summary: Summary | None) -> str:
     )
 
 
-
 def final_report(summary: Summary | None, run: str) -> list[Table | str]:
     """What `einsearch final` and `report` print of a run's final: the finalists' table, their
     architectures in full, the seeds left out, whether it is unfinished, and the verdict."""

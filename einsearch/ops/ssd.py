@@ -13,6 +13,12 @@ here is one number per head and step, so token i reaches step t of the same chun
 (c_t · b_i) exp(Σ_{i<r≤t} log_a_r): one causal L × L matrix per head, times the chunk's inputs.
 A chunk is matrix products (the "dual" form); the loop carries the state from chunk to chunk.
 
+The GLA op with one decay per head (`einsearch.ops.gla`, RetNet's form) computes the same
+recurrence, but with keys and queries of its own per head; here b and c are shared by the heads,
+so a chunk's scores c_t · b_i are formed once for all heads (routed through `gla_chunked` with b
+and c copied to every head, this scan ran 1.3× slower: forward + backward, T = 1024, 4 heads,
+batch 4, one CPU thread).
+
 Written two ways: `ssd_step` (one step) and `naive_ssd` (the loop), the spec; `ssd_chunked`, chunk
 by chunk.  No Triton kernel: the chunked form is matrix products, which a GPU runs as they are.
 """
@@ -71,8 +77,9 @@ def ssd_chunked(
     Every exponent is ≤ 0 (`causal_decay` clamps the pairs above the diagonal before the
     exponential), so a strong decay underflows to 0 and nothing overflows.
 
-    Cost: about L·(N + P) multiply-adds per token and head for the chunk matrices, against N·P for
-    the loop's update and readout, in a few large products instead of T small ones: at T = 1024
+    Cost: about L·P multiply-adds per token and head for the chunk matrix times the inputs, plus
+    L·N per token for the scores the heads share, against 2·N·P per token and head for the loop's
+    update and readout, in a few large products instead of T small ones: at T = 1024
     on one CPU thread, forward + backward, the mixer runs about 14× faster than with the loop at
     batch 4 and 5.6× at batch 16, where the loop's small per-step products amortise better
     (BENCHMARKS.md).

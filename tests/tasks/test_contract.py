@@ -7,7 +7,6 @@ import sys
 from datetime import datetime, timedelta
 
 import numpy as np
-import pytest
 
 from einsearch.tasks.registry import TASKS
 from tests.tasks.contract import SuiteContract, TaskContract
