@@ -20,29 +20,42 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def imports(path: Path, modules: set[str]) -> list[tuple[str, bool]]:
+    """(the einsearch module imported, whether the import is inside a function) for each import
+    of an einsearch module in the file at `path`; `modules`: the package's module names."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    in_functions = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # `import einsearch.a.b` names module a.b
+                target = target.rpartition(".")[0]
+            if target.startswith("einsearch") and target != name:
+                found.append((target, id(node) in in_functions))
+    return found
+
+
+def package_modules() -> dict[str, Path]:
+    """Every module of the package by name (a package's __init__ under the package's name)."""
+    return {module_name(p): p for p in ROOT.rglob("*.py")}
+
+
 def import_graph() -> dict[str, set[str]]:
     """module -> the einsearch modules it imports, anywhere in its body."""
-    modules = {module_name(p): p for p in ROOT.rglob("*.py")}
-    graph: dict[str, set[str]] = {name: set() for name in modules}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative import
-                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                    base = ".".join([*anchor, base] if base else anchor)
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
-            else:
-                continue
-            for target in targets:
-                while target and target not in modules:  # `import einsearch.a.b` names module a.b
-                    target = target.rpartition(".")[0]
-                if target.startswith("einsearch") and target != name:
-                    graph[name].add(target)
-    return graph
+    modules = package_modules()
+    return {name: {target for target, _ in imports(path, set(modules))} for name, path in modules.items()}
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:

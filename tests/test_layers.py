@@ -7,30 +7,20 @@ Read from the source with `ast` (the kernel modules need Triton to import).
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
 from pathlib import Path
 
 import einsearch
+from tests.test_imports import imports, package_modules
 
 ROOT = Path(einsearch.__file__).parent
+MODULES = set(package_modules())
 
 
 def einsearch_imports(path: Path) -> list[tuple[str, bool]]:
-    """(the einsearch module named, whether the import is inside a function) for each import in the file."""
-    tree = ast.parse(path.read_text())
-    in_functions = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f)}
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        else:
-            continue
-        found += [(name, id(node) in in_functions) for name in names if name.startswith("einsearch")]
-    return found
+    """(the einsearch module imported, whether the import is inside a function) for each import in the file."""
+    return imports(path, MODULES)
 
 
 def test_ops_import_only_ops_and_their_kernels_lazily() -> None:
